@@ -1,0 +1,1 @@
+"""Canonical data layer: sources, preparation, splits, jagged sequences."""

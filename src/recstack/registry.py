@@ -1,0 +1,77 @@
+"""Name -> class registries, one per component kind ("retriever", "ranker", "quantizer", ...).
+
+    @register("retriever", "sasrec", config=SASRecConfig)
+    class SASRec: ...
+
+    build("retriever", {"name": "sasrec", "dim": 64})  # -> SASRec(SASRecConfig(dim=64))
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from recstack.config import from_dict
+from recstack.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Entry:
+    cls: type
+    config: type | None
+
+
+_REGISTRIES: dict[str, dict[str, Entry]] = {}
+
+# Modules imported on first lookup of a kind, so that their @register decorators have run.
+_PLUGIN_MODULES: dict[str, list[str]] = {}
+
+
+def register(kind: str, name: str, config: type | None = None) -> Callable[[type], type]:
+    def decorator(cls: type) -> type:
+        table = _REGISTRIES.setdefault(kind, {})
+        if name in table and table[name].cls is not cls:
+            raise ConfigError(f"{kind} {name!r} is registered twice ({table[name].cls} and {cls})")
+        table[name] = Entry(cls, config)
+        return cls
+
+    return decorator
+
+
+def add_plugin_modules(kind: str, modules: list[str]) -> None:
+    """Declare modules whose import registers components of `kind` (imported lazily)."""
+    _PLUGIN_MODULES.setdefault(kind, []).extend(m for m in modules if m not in _PLUGIN_MODULES.get(kind, []))
+
+
+def _load_plugins(kind: str) -> None:
+    for module in _PLUGIN_MODULES.get(kind, []):
+        importlib.import_module(module)
+
+
+def names(kind: str) -> list[str]:
+    _load_plugins(kind)
+    return sorted(_REGISTRIES.get(kind, {}))
+
+
+def lookup(kind: str, name: str) -> Entry:
+    _load_plugins(kind)
+    table = _REGISTRIES.get(kind, {})
+    if name not in table:
+        raise ConfigError(f"unknown {kind} {name!r}; known: {', '.join(sorted(table)) or '(none)'}")
+    return table[name]
+
+
+def build(kind: str, spec: dict[str, Any] | str, where: str = "", **kwargs: Any) -> Any:
+    """Instantiate a registered component from `{"name": ..., **config}` (or just a name)."""
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise ConfigError(f"{where or kind}: expected a mapping with a 'name' key, got {spec!r}")
+    entry = lookup(kind, spec["name"])
+    params = {k: v for k, v in spec.items() if k != "name"}
+    if entry.config is None:
+        if params:
+            raise ConfigError(f"{where or kind}: {spec['name']!r} takes no options, got {sorted(params)}")
+        return entry.cls(**kwargs)
+    return entry.cls(from_dict(entry.config, params, where or f"{kind}.{spec['name']}"), **kwargs)
