@@ -41,7 +41,7 @@ class Jagged:
     @staticmethod
     def from_sorted_keys(keys: np.ndarray | torch.Tensor, values: torch.Tensor, num_rows: int) -> "Jagged":
         """Group `values` by row id `keys` (already sorted ascending) into `num_rows` rows."""
-        keys = torch.as_tensor(keys, dtype=torch.long)
+        keys = torch.as_tensor(np.asarray(keys, dtype=np.int64)) if isinstance(keys, np.ndarray) else keys.long()
         lengths = torch.bincount(keys, minlength=num_rows)
         return Jagged.from_lengths(values, lengths)
 
@@ -69,13 +69,12 @@ class Jagged:
         rows = torch.as_tensor(rows, dtype=torch.long)
         starts = self.offsets[rows]
         lengths = self.offsets[rows + 1] - starts
-        new = Jagged.from_lengths(self.values[:0], lengths)
-        total = int(new.offsets[-1])
-        if total == 0:
-            return Jagged(self.values[:0], new.offsets)
-        within = torch.arange(total) - torch.repeat_interleave(new.offsets[:-1], lengths)
+        offsets = torch.zeros(rows.numel() + 1, dtype=torch.long)
+        torch.cumsum(lengths, 0, out=offsets[1:])
+        total = int(offsets[-1])
+        within = torch.arange(total) - torch.repeat_interleave(offsets[:-1], lengths)
         gather = torch.repeat_interleave(starts, lengths) + within
-        return Jagged(self.values[gather], new.offsets)
+        return Jagged(self.values[gather], offsets)
 
     def last(self, n: int) -> "Jagged":
         """Keep at most the last `n` values of each row."""

@@ -1,0 +1,26 @@
+"""Shared fixtures: every test gets its own RECSTACK_HOME and makes its own tiny data."""
+
+from __future__ import annotations
+
+import pytest
+
+from recstack.data.prepare import PrepareConfig, prepare
+from recstack.data.tables import RawTables  # noqa: F401
+from tests.helpers import make_raw
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path, monkeypatch):
+    home = tmp_path / "recstack_home"
+    monkeypatch.setenv("RECSTACK_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def tiny_raw() -> RawTables:
+    return make_raw()
+
+
+@pytest.fixture
+def tiny_dataset(tiny_raw):
+    return prepare(tiny_raw, PrepareConfig())
