@@ -1,0 +1,261 @@
+"""Cascade = retrieval channels -> merge -> ranker -> page, fitted from one RunConfig.
+
+    cascade = Cascade(config).fit(dataset, run_dir)     # resumes from whatever run_dir already holds
+    page = cascade.recommend(dataset.user_batch(users), k=10)
+    metrics = cascade.evaluate(dataset, "test")
+    Cascade.load(run_dir)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from recstack.config import from_dict, to_dict
+from recstack.data.batch import Candidates, Page, UserBatch
+from recstack.data.dataset import Dataset
+from recstack.errors import ConfigError, DataError
+from recstack.page.fused import PageConfig, arrange_page, fuse_scores
+from recstack.registry import build
+from recstack.retrieval.base import Retriever
+from recstack.retrieval.merge import MergeConfig, channel_report, merge_candidates
+
+Progress = Callable[[str], None]
+
+
+def _default_channels() -> dict[str, dict[str, Any]]:
+    return {"popular": {"name": "popular"}, "itemcf": {"name": "itemcf"}, "swing": {"name": "swing"},
+            "sasrec": {"name": "sasrec"}}
+
+
+@dataclass
+class DatasetSpec:
+    name: str = "ml-100k"
+    path: str | None = None
+    """folder with the raw files (default: the catalogue's fetch location)"""
+    prepare: dict[str, Any] = field(default_factory=dict)
+    """PrepareConfig overrides"""
+
+
+@dataclass
+class EvalSpec:
+    ks: list[int] = field(default_factory=lambda: [10, 20, 50, 100, 200])
+    page_ks: list[int] = field(default_factory=lambda: [5, 10])
+    splits: list[str] = field(default_factory=lambda: ["valid", "test"])
+    batch_size: int = 1024
+
+
+@dataclass
+class ExpectSpec:
+    """A metric a config promises: `min`/`max` bounds, or `value` within `tolerance`."""
+
+    min: float | None = None
+    max: float | None = None
+    value: float | None = None
+    tolerance: float = 0.0
+
+    def check(self, got: float) -> bool:
+        if self.min is not None and got < self.min:
+            return False
+        if self.max is not None and got > self.max:
+            return False
+        return self.value is None or abs(got - self.value) <= self.tolerance
+
+
+@dataclass
+class RunConfig:
+    name: str = "ml-100k-cascade"
+    seed: int = 42
+    dataset: DatasetSpec = field(default_factory=DatasetSpec)
+    channels: dict[str, dict[str, Any]] = field(default_factory=_default_channels)
+    """alias -> {name: <registered retriever>, **its config}"""
+    merge: MergeConfig = field(default_factory=lambda: MergeConfig(k_total=200))
+    ranker: dict[str, Any] | None = field(default_factory=lambda: {"name": "dcn_din_mmoe"})
+    page: PageConfig = field(default_factory=PageConfig)
+    eval: EvalSpec = field(default_factory=EvalSpec)
+    expect: dict[str, ExpectSpec] = field(default_factory=dict)
+    """metric key in metrics.json (e.g. "test/page/ndcg@10") -> bound"""
+
+    def __post_init__(self) -> None:
+        if not self.channels:
+            raise ConfigError("channels: a cascade needs at least one retrieval channel")
+        for alias, spec in self.channels.items():
+            if not isinstance(spec, dict) or "name" not in spec:
+                raise ConfigError(f"channels.{alias}: expected a mapping with a 'name' key")
+
+
+class Cascade:
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        self.channels: dict[str, Retriever] = {
+            alias: build("retriever", spec, where=f"channels.{alias}") for alias, spec in config.channels.items()}
+        self.ranker = build("ranker", config.ranker, where="ranker") if config.ranker else None
+        self.train_seconds: dict[str, float] = {}
+
+    # ---- training -------------------------------------------------------------------------------
+    def fit(self, dataset: Dataset, run_dir: str | Path | None = None, progress: Progress = print) -> "Cascade":
+        """Fit every stage; stages already saved in `run_dir` are loaded instead (resume)."""
+        run_dir = Path(run_dir) if run_dir else None
+        for alias, channel in list(self.channels.items()):
+            saved = run_dir / "channels" / alias if run_dir else None
+            if saved is not None and (saved / "config.json").is_file():
+                progress(f"channel {alias}: loaded from {saved} (resume)")
+                self.channels[alias] = Retriever.load(saved)
+                continue
+            self._checkpoint_into(channel, run_dir, alias)
+            progress(f"channel {alias}: fitting {channel.name}")
+            started = time.perf_counter()
+            torch.manual_seed(self.config.seed)
+            channel.fit(dataset)
+            self.train_seconds[alias] = time.perf_counter() - started
+            if saved is not None:
+                channel.save(saved)
+        if self.ranker is not None:
+            saved = run_dir / "ranker" if run_dir else None
+            if saved is not None and (saved / "config.json").is_file():
+                from recstack.ranking.base import Ranker
+
+                progress(f"ranker: loaded from {saved} (resume)")
+                self.ranker = Ranker.load(saved)
+            else:
+                progress("ranker: retrieving training candidates")
+                users = torch.arange(1, dataset.num_users + 1)
+                _, merged = self.retrieve(dataset.user_batch(users, before="valid"))
+                self._checkpoint_into(self.ranker, run_dir, "ranker")
+                progress(f"ranker: fitting {self.config.ranker['name']}")
+                started = time.perf_counter()
+                torch.manual_seed(self.config.seed)
+                self.ranker.fit(dataset, merged)
+                self.train_seconds["ranker"] = time.perf_counter() - started
+                if saved is not None:
+                    self.ranker.save(saved)
+        return self
+
+    @staticmethod
+    def _checkpoint_into(component: Any, run_dir: Path | None, alias: str) -> None:
+        """Point a neural component's Trainer checkpoints into the run folder, so a killed run resumes mid-training."""
+        train = getattr(getattr(component, "config", None), "train", None)
+        if run_dir is not None and train is not None and getattr(train, "checkpoint_dir", "x") is None:
+            train.checkpoint_dir = str(run_dir / "checkpoints" / alias)
+            train.resume = True
+
+    # ---- inference ------------------------------------------------------------------------------
+    def quota(self, alias: str) -> int:
+        quotas = self.config.merge.quotas or {}
+        return quotas.get(alias, self.config.merge.k_total)
+
+    def retrieve(self, batch: UserBatch, k: int | None = None) -> tuple[dict[str, Candidates], Candidates]:
+        """Per-channel candidates (each at least its quota, or `k`) and the merged list."""
+        per_channel = {alias: channel.retrieve(batch, max(k or 0, self.quota(alias)))
+                       for alias, channel in self.channels.items()}
+        merged = merge_candidates(per_channel, self.config.merge.quotas, self.config.merge.k_total,
+                                  self.config.merge.normalise)
+        return per_channel, merged
+
+    def rank(self, batch: UserBatch, merged: Candidates, k: int) -> Page:
+        if self.ranker is None:
+            return Page(merged.items[:, :k], merged.scores[:, :k], merged.channels[:, :k], merged.channel_names)
+        scores = self.ranker.score(batch, merged)
+        return arrange_page(merged, fuse_scores(scores, self.config.page.weights), k)
+
+    def recommend(self, batch: UserBatch, k: int | None = None) -> Page:
+        _, merged = self.retrieve(batch)
+        return self.rank(batch, merged, k or self.config.page.k)
+
+    # ---- evaluation -----------------------------------------------------------------------------
+    def evaluate(self, dataset: Dataset, split: str) -> dict[str, Any]:
+        """Channel recall@K, merged recall@K, exclusive contributions, ranker AUC/GAUC, page metrics."""
+        from recstack.eval.topk import topk_metrics
+
+        users, targets = dataset.eval_users(split)
+        if users.numel() == 0:
+            raise DataError(f"{dataset.name}: the {split} split has no users to evaluate")
+        full = dataset.user_batch(users, before=split)
+        k_eval = max(self.config.eval.ks)
+        per_channel_parts: dict[str, list[Candidates]] = {a: [] for a in self.channels}
+        merged_parts, page_parts = [], []
+        for start in range(0, users.numel(), self.config.eval.batch_size):
+            rows = torch.arange(start, min(start + self.config.eval.batch_size, users.numel()))
+            batch = full.select(rows)
+            per_channel, merged = self.retrieve(batch, k_eval)
+            for alias, cands in per_channel.items():
+                per_channel_parts[alias].append(cands)
+            merged_parts.append(merged)
+            page_parts.append(self.rank(batch, merged, max(self.config.eval.page_ks)))
+        per_channel = {a: _concat(parts) for a, parts in per_channel_parts.items()}
+        merged = _concat(merged_parts)
+        report = channel_report(per_channel, merged, targets, [k for k in self.config.eval.ks if k <= merged.k])
+        page_items = torch.cat([p.items for p in page_parts])
+        metrics: dict[str, Any] = {"users": int(users.numel()), "retrieval": report,
+                                   "page": topk_metrics(page_items, targets, self.config.eval.page_ks,
+                                                        ("recall", "ndcg", "hr", "mrr"))}
+        metrics["channel_overlap"] = channel_overlap(merged)
+        if self.ranker is not None:
+            from recstack.ranking.base import evaluate_ranker
+
+            metrics["ranker"] = evaluate_ranker(self.ranker, dataset, split)
+        return metrics
+
+    # ---- persistence ----------------------------------------------------------------------------
+    def save(self, run_dir: str | Path) -> None:
+        run_dir = Path(run_dir)
+        for alias, channel in self.channels.items():
+            channel.save(run_dir / "channels" / alias)
+        if self.ranker is not None:
+            self.ranker.save(run_dir / "ranker")
+        _write_json(run_dir / "config.json", to_dict(self.config))
+
+    @staticmethod
+    def load(run_dir: str | Path) -> "Cascade":
+        run_dir = Path(run_dir)
+        if not (run_dir / "config.json").is_file():
+            raise DataError(f"{run_dir} is not a recstack run folder (no config.json); run `recstack run` first")
+        config = from_dict(RunConfig, json.loads((run_dir / "config.json").read_text()))
+        cascade = Cascade.__new__(Cascade)
+        cascade.config, cascade.train_seconds = config, {}
+        cascade.channels = {}
+        for alias in config.channels:
+            path = run_dir / "channels" / alias
+            if not (path / "config.json").is_file():
+                raise DataError(f"{run_dir}: checkpoint of channel {alias!r} is missing ({path})")
+            cascade.channels[alias] = Retriever.load(path)
+        cascade.ranker = None
+        if config.ranker:
+            from recstack.ranking.base import Ranker
+
+            if not (run_dir / "ranker" / "config.json").is_file():
+                raise DataError(f"{run_dir}: ranker checkpoint is missing ({run_dir / 'ranker'})")
+            cascade.ranker = Ranker.load(run_dir / "ranker")
+        return cascade
+
+
+def channel_overlap(merged: Candidates) -> dict[str, dict[str, float]]:
+    """overlap[a][b] = share of channel a's merged candidates that channel b also found."""
+    names = merged.channel_names
+    bits = torch.stack([(merged.channels >> c) & 1 for c in range(len(names))]).flatten(1).float()  # [C, B*K]
+    both = bits @ bits.T
+    own = both.diagonal().clamp(min=1)
+    return {a: {b: float(both[i, j] / own[i]) for j, b in enumerate(names)} for i, a in enumerate(names)}
+
+
+def _concat(parts: list[Candidates]) -> Candidates:
+    k = max(p.k for p in parts)
+
+    def pad(t: torch.Tensor, value: float) -> torch.Tensor:
+        return torch.nn.functional.pad(t, (0, k - t.shape[1]), value=value)
+
+    return Candidates(torch.cat([pad(p.items, 0) for p in parts]),
+                      torch.cat([pad(p.scores, float("-inf")) for p in parts]),
+                      torch.cat([pad(p.channels, 0) for p in parts]), parts[0].channel_names)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(path)
