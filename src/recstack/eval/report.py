@@ -26,20 +26,20 @@ def _png(fig) -> bytes:
 
 
 def plot_training_curves(histories: dict[str, list[dict]]) -> bytes | None:
-    """histories: component -> per-epoch dicts with 'epoch', 'train_loss' (or 'loss') and metric keys."""
+    """histories: component -> TrainResult.history ({"epoch", "train": {"loss"}, "metrics": {...}} per epoch)."""
     histories = {k: v for k, v in histories.items() if v}
     if not histories:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for name, rows in histories.items():
-        epochs = [r.get("epoch", i + 1) for i, r in enumerate(rows)]
-        losses = [r.get("train_loss", r.get("loss")) for r in rows]
+        epochs = [r.get("epoch", i) + 1 for i, r in enumerate(rows)]
+        losses = [(r.get("train") or {}).get("loss") for r in rows]
         if any(v is not None for v in losses):
             axes[0].plot(epochs, losses, marker=".", label=name)
-        metric_keys = [k for k in rows[-1] if "@" in k or k.endswith("auc")]
-        for key in metric_keys[:2]:
-            values = [r.get(key) for r in rows]
-            points = [(e, v) for e, v in zip(epochs, values) if v is not None]
+        metric_keys = [k for r in rows for k in (r.get("metrics") or {})]
+        for key in list(dict.fromkeys(metric_keys))[:2]:
+            points = [(e, (r.get("metrics") or {}).get(key)) for e, r in zip(epochs, rows)]
+            points = [(e, v) for e, v in points if v is not None]
             if points:
                 axes[1].plot(*zip(*points), marker=".", label=f"{name} {key}")
     axes[0].set(title="training loss", xlabel="epoch")
