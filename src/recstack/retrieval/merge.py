@@ -1,0 +1,161 @@
+"""Merge the candidates of several retrieval channels into one list per user, and report on it.
+
+merge_candidates: each channel contributes its top `quota` items; scores are normalised per channel
+("rank": 1 / (rank + 1), comparable across channels; "raw": the channel's own score); an item found
+by several channels keeps its best normalised score and the union of their channel tags; rows are
+sorted by merged score (ties: the earlier channel in the dict, then the better rank within it, which
+interleaves channels round-robin under "rank") and cut to `k_total`. Vectorised over the batch: the
+only Python loops run over channels and channel tag bits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from recstack.data.batch import Candidates
+from recstack.data.jagged import Jagged
+from recstack.errors import ConfigError, DataError
+
+
+@dataclass
+class MergeConfig:
+    quotas: dict[str, int] | None = None       # channel -> items taken; a channel not named gives all
+    k_total: int = 500                          # length of the merged list
+    normalise: Literal["rank", "raw"] = "rank"  # per-channel score before de-duplication
+
+
+def merge_candidates(channel_candidates: dict[str, Candidates], quotas: dict[str, int] | None,
+                     k_total: int, normalise: str = MergeConfig.normalise) -> Candidates:
+    """Merge per-channel Candidates (each [B, K_c]) into Candidates [B, k_total].
+
+    A single-channel Candidates is tagged with its dict key (so two configurations of one retriever
+    stay apart); an already merged one keeps its own channel names.
+    """
+    if not channel_candidates:
+        raise DataError("merge_candidates: no channels given")
+    if normalise not in ("rank", "raw"):
+        raise ConfigError(f"normalise: {normalise!r} is not one of 'rank', 'raw'")
+    if k_total < 1:
+        raise ConfigError(f"k_total must be >= 1, got {k_total}")
+    quotas = dict(quotas or {})
+    unknown = sorted(set(quotas) - set(channel_candidates))
+    if unknown:
+        raise ConfigError(f"quotas.{unknown[0]}: no such channel; channels: {', '.join(channel_candidates)}")
+    sizes = {name: c.items.shape[0] for name, c in channel_candidates.items()}
+    if len(set(sizes.values())) != 1:
+        raise DataError(f"merge_candidates: channels have different batch sizes {sizes}")
+    batch = next(iter(sizes.values()))
+
+    names: list[str] = []
+    items, scores, masks = [], [], []
+    for key, cands in channel_candidates.items():
+        quota = quotas.get(key, cands.k)
+        if quota < 0:
+            raise ConfigError(f"quotas.{key}: must be >= 0, got {quota}")
+        top_items, top_scores = cands.items[:, :quota].long(), cands.scores[:, :quota].float()
+        own_names = [key] if len(cands.channel_names) == 1 else cands.channel_names
+        mask = torch.zeros_like(top_items)
+        for bit, name in enumerate(own_names):  # re-map this channel's tag bits into the union
+            if name not in names:
+                names.append(name)
+            mask |= ((cands.channels[:, :quota].long() >> bit) & 1) << names.index(name)
+        if normalise == "rank":
+            ranks = torch.arange(top_items.shape[1], dtype=torch.float32)
+            top_scores = (1.0 / (ranks + 1.0)).expand_as(top_scores)
+        items.append(top_items)
+        scores.append(top_scores)
+        masks.append(mask)
+    if len(names) > 63:
+        raise DataError(f"merge_candidates: {len(names)} channel names do not fit a 63-bit tag mask")
+
+    items, scores, masks = torch.cat(items, 1), torch.cat(scores, 1), torch.cat(masks, 1)
+    width = int(items.max()) + 1 if items.numel() else 1
+    rows = torch.arange(batch).unsqueeze(1).expand_as(items)
+    position = torch.arange(items.shape[1]).unsqueeze(0).expand_as(items)
+    valid = items > 0
+    keys = (rows * width + items)[valid]
+    unique_keys, inverse = torch.unique(keys, return_inverse=True)
+    count = unique_keys.numel()
+    best = torch.full((count,), float("-inf")).scatter_reduce(0, inverse, scores[valid], "amax")
+    first = torch.full((count,), items.shape[1], dtype=torch.long).scatter_reduce(
+        0, inverse, position[valid], "amin")
+    merged_mask = torch.zeros(count, dtype=torch.long)
+    for bit in range(len(names)):  # OR of tags, one bit at a time (no scatter-or in torch)
+        hit = torch.zeros(count, dtype=torch.long).scatter_reduce(0, inverse, (masks[valid] >> bit) & 1, "amax")
+        merged_mask |= hit << bit
+
+    # sort by (row, -score, first position): successive stable sorts, least significant key first
+    order = torch.argsort(first, stable=True)
+    order = order[torch.argsort(-best[order], stable=True)]
+    merged_rows = unique_keys // width
+    order = order[torch.argsort(merged_rows[order], stable=True)]
+    sorted_rows = merged_rows[order]
+    row_starts = torch.searchsorted(sorted_rows, torch.arange(batch))
+    rank = torch.arange(count) - row_starts[sorted_rows]
+    keep = rank < k_total
+    out_items = torch.zeros((batch, k_total), dtype=torch.long)
+    out_scores = torch.full((batch, k_total), float("-inf"))
+    out_masks = torch.zeros((batch, k_total), dtype=torch.long)
+    target_rows, target_cols, kept = sorted_rows[keep], rank[keep], order[keep]
+    out_items[target_rows, target_cols] = unique_keys[kept] % width
+    out_scores[target_rows, target_cols] = best[kept]
+    out_masks[target_rows, target_cols] = merged_mask[kept]
+    return Candidates(out_items, out_scores, out_masks, names)
+
+
+def _hit_columns(items: torch.Tensor, targets: Jagged) -> torch.Tensor:
+    """[N] column of each target value within its row of items [B, K], or -1 when absent."""
+    target_items = targets.values.long()
+    if items.numel() == 0 or target_items.numel() == 0:
+        return torch.full_like(target_items, -1)
+    width = max(int(items.max()), int(target_items.max())) + 1
+    rows = torch.arange(items.shape[0]).unsqueeze(1)
+    keys = torch.where(items > 0, rows * width + items.long(), -1).flatten()
+    sorted_keys, order = torch.sort(keys)
+    wanted = targets.row_ids() * width + target_items
+    slot = torch.searchsorted(sorted_keys, wanted).clamp(max=keys.numel() - 1)
+    return torch.where(sorted_keys[slot] == wanted, order[slot] % items.shape[1], -1)
+
+
+def channel_report(channel_candidates: dict[str, Candidates], merged: Candidates, targets: Jagged,
+                   ks: list[int] | tuple[int, ...]) -> dict:
+    """Recall@K per channel and for the merged list, and what each channel alone contributes.
+
+    targets: Jagged with one row per batch row (the held-out items). Recall@K = hits in the top K /
+    number of targets, averaged over users with at least one target. exclusive@K[c] = the same average
+    counting only merged top-K hits tagged with channel c alone; shared@K counts hits tagged by two or
+    more channels, so merged recall = sum of exclusive + shared. Returns
+    {"recall@K": {channel..., "merged": r}, "exclusive@K": {channel: r}, "shared@K": r, "users": n}.
+    """
+    if targets.num_rows != merged.items.shape[0]:
+        raise DataError(f"channel_report: targets have {targets.num_rows} rows, candidates "
+                        f"{merged.items.shape[0]}")
+    lengths = targets.lengths().float()
+    has_targets = lengths > 0
+    users = int(has_targets.sum())
+    target_rows = targets.row_ids()
+
+    def average(per_target: torch.Tensor) -> float:
+        per_user = torch.zeros(targets.num_rows).index_add_(0, target_rows, per_target.float())
+        return float((per_user[has_targets] / lengths[has_targets]).mean()) if users else 0.0
+
+    report: dict = {"users": users}
+    merged_col = _hit_columns(merged.items, targets)
+    for k in ks:
+        recall = {name: average(_hit_columns(c.items[:, :k], targets) >= 0)
+                  for name, c in channel_candidates.items()}
+        in_top = (merged_col >= 0) & (merged_col < k)
+        recall["merged"] = average(in_top)
+        tag = torch.where(in_top, merged.channels[target_rows, merged_col.clamp(min=0)], 0)
+        single = in_top & ((tag & (tag - 1)) == 0)  # exactly one bit set
+        exclusive = {}
+        for name in channel_candidates:
+            bit = merged.channel_names.index(name) if name in merged.channel_names else None
+            exclusive[name] = average(single & (tag == (1 << bit))) if bit is not None else 0.0
+        report[f"recall@{k}"] = recall
+        report[f"exclusive@{k}"] = exclusive
+        report[f"shared@{k}"] = average(in_top & ~single)
+    return report
