@@ -144,7 +144,7 @@ def _html(title: str, md_lines: list[str], plots: dict[str, bytes]) -> str:
         if table:
             head, rows = table[0], table[2:]
             out.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr>")
-            out += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows]
+            out.extend(["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows])
             out.append("</table>")
             table.clear()
 

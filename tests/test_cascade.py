@@ -1,0 +1,121 @@
+import json
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from recstack.cascade import Cascade, RunConfig
+from recstack.cli.main import app
+from recstack.config import from_dict
+from recstack.data.prepare import prepare
+from recstack.errors import ConfigError
+from recstack.world import World, WorldConfig
+
+runner = CliRunner()
+
+FAST_CHANNELS = {"popular": {"name": "popular"}, "itemcf": {"name": "itemcf"}, "swing": {"name": "swing"}}
+
+
+@pytest.fixture
+def world_dataset():
+    world = World(WorldConfig(num_users=120, num_items=150, num_topics=6, seed=3))
+    dataset = prepare(world.generate_sequences(mean_length=12), name="tinyworld")
+    dataset.save()
+    return dataset
+
+
+def config(**overrides) -> RunConfig:
+    base = {"name": "t", "dataset": {"name": "tinyworld"}, "channels": FAST_CHANNELS, "ranker": None,
+            "merge": {"k_total": 50, "quotas": {"popular": 20, "itemcf": 40, "swing": 40}},
+            "eval": {"ks": [10, 20, 50]}}
+    base.update(overrides)
+    return from_dict(RunConfig, base)
+
+
+def test_cascade_save_load_identical_pages(world_dataset, tmp_path):
+    cascade = Cascade(config()).fit(world_dataset, tmp_path / "run", progress=lambda m: None)
+    cascade.save(tmp_path / "run")
+    users = torch.arange(1, 21)
+    batch = world_dataset.user_batch(users)
+    page = cascade.recommend(batch, k=10)
+    again = Cascade.load(tmp_path / "run").recommend(batch, k=10)
+    assert torch.equal(page.items, again.items)
+    # pages hold real, distinct items outside the user's history
+    assert (page.items > 0).all()
+    for row in range(len(users)):
+        items = page.items[row].tolist()
+        assert len(set(items)) == len(items)
+        assert not set(items) & set(batch.history.row(row).tolist())
+
+
+def test_cascade_evaluate_reports_every_stage(world_dataset, tmp_path):
+    # quotas sum to k_total, so the merged list is the union of each channel's top-quota items
+    cfg = config(merge={"k_total": 100, "quotas": {"popular": 20, "itemcf": 40, "swing": 40}},
+                 eval={"ks": [20, 40, 100]})
+    cascade = Cascade(cfg).fit(world_dataset, progress=lambda m: None)
+    metrics = cascade.evaluate(world_dataset, "test")
+    report = metrics["retrieval"]
+    assert set(report["recall@100"]) == {"popular", "itemcf", "swing", "merged"}
+    union = report["recall@100"]["merged"]
+    assert union >= report["recall@20"]["popular"] - 1e-6
+    assert union >= max(report["recall@40"]["itemcf"], report["recall@40"]["swing"]) - 1e-6
+    assert 0.0 <= metrics["page"]["ndcg@10"] <= 1.0
+    assert metrics["channel_overlap"]["popular"]["popular"] == pytest.approx(1.0)
+
+
+def test_unknown_component_and_bad_key_fail_at_once():
+    with pytest.raises(ConfigError, match="unknown retriever 'nope'"):
+        Cascade(config(channels={"x": {"name": "nope"}}))
+    with pytest.raises(ConfigError, match=r"unknown key channels\.itemcf\.neigbours"):
+        Cascade(config(channels={"itemcf": {"name": "itemcf", "neigbours": 5}}, merge={"k_total": 10}))
+    with pytest.raises(ConfigError, match="unknown key chanels"):
+        from_dict(RunConfig, {"chanels": {}})
+
+
+def write_config(tmp_path, **overrides):
+    data = {"name": "cli", "dataset": {"name": "tinyworld"}, "channels": FAST_CHANNELS, "ranker": None,
+            "merge": {"k_total": 50}, "eval": {"ks": [10, 50]},
+            "expect": {"test/page/ndcg@10": {"min": 0.0}}}
+    data.update(overrides)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_cli_run_writes_report_and_resumes(world_dataset, tmp_path):
+    path = write_config(tmp_path)
+    runs = tmp_path / "runs"
+    result = runner.invoke(app, ["run", str(path), "--runs-dir", str(runs)])
+    assert result.exit_code == 0, result.output
+    run_dir = runs / "cli"
+    for name in ("config.yaml", "metrics.json", "report.md", "report.html", "recall_vs_k.png"):
+        assert (run_dir / name).is_file(), name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["expect"][0]["pass"] is True
+    assert "data:image/png;base64" in (run_dir / "report.html").read_text()
+    # a second run with the same name loads the saved channels instead of refitting them
+    result = runner.invoke(app, ["run", str(path), "--runs-dir", str(runs)])
+    assert result.exit_code == 0 and "loaded from" in result.output
+
+
+def test_cli_run_errors_name_the_problem(world_dataset, tmp_path):
+    result = runner.invoke(app, ["run", str(write_config(tmp_path, channels={"a": {"name": "nope"}}))])
+    assert result.exit_code == 2 and "unknown retriever 'nope'" in result.output
+    result = runner.invoke(app, ["run", str(write_config(tmp_path, dataset={"name": "no-such-data"}))])
+    assert result.exit_code == 2 and "no-such-data" in result.output
+
+
+def test_cli_recommend(world_dataset, tmp_path):
+    runs = tmp_path / "runs"
+    assert runner.invoke(app, ["run", str(write_config(tmp_path)), "--runs-dir", str(runs)]).exit_code == 0
+    user = world_dataset.users["raw_id"][0]
+    result = runner.invoke(app, ["recommend", "--run", str(runs / "cli"), "--user", user, "-k", "5"])
+    assert result.exit_code == 0, result.output
+    assert "itemcf" in result.output or "swing" in result.output or "popular" in result.output
+    result = runner.invoke(app, ["recommend", "--run", str(runs / "cli"), "--user", "stranger", "-k", "3"])
+    assert result.exit_code == 0 and "cold-start" in result.output
+    result = runner.invoke(app, ["recommend", "--run", str(runs / "cli"), "--user", user, "-k", "0"])
+    assert result.exit_code == 2 and "-k must be a positive" in result.output
+    result = runner.invoke(app, ["recommend", "--run", str(tmp_path / "nowhere"), "--user", user])
+    assert result.exit_code == 2 and "does not exist" in result.output
