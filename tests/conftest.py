@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from recstack.data.prepare import PrepareConfig, prepare
-from recstack.data.tables import RawTables  # noqa: F401
 from tests.helpers import make_raw
+
+
+# Tests use tiny tensors: one thread avoids OpenMP oversubscription on the 2-core CI machine.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -66,3 +66,15 @@ def test_registry_build_and_unknown_name():
         build("test_kind", {"name": "nope"})
     with pytest.raises(ConfigError, match=r"unknown key test_kind\.thing\.size in Inner"):
         build("test_kind", {"name": "thing", "size": 3})
+
+
+@dataclass
+class Owner:
+    inner: Inner = field(default_factory=lambda: Inner(dim=64, dropout=0.5))
+
+
+def test_partial_nested_mapping_keeps_owner_defaults():
+    cfg = from_dict(Owner, {"inner": {"dim": 3}})
+    assert cfg.inner.dim == 3 and cfg.inner.dropout == 0.5
+    with pytest.raises(ConfigError, match=r"unknown key inner\.size"):
+        from_dict(Owner, {"inner": {"size": 3}})

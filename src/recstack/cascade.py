@@ -21,6 +21,7 @@ from recstack.data.batch import Candidates, Page, UserBatch
 from recstack.data.dataset import Dataset
 from recstack.errors import ConfigError, DataError
 from recstack.page.fused import PageConfig, arrange_page, fuse_scores
+from recstack.ranking import base as _ranking_base  # noqa: F401  (declares the ranker plugins for build)
 from recstack.registry import build
 from recstack.retrieval.base import Retriever
 from recstack.retrieval.merge import MergeConfig, channel_report, merge_candidates
@@ -125,7 +126,8 @@ class Cascade:
             else:
                 progress("ranker: retrieving training candidates")
                 users = torch.arange(1, dataset.num_users + 1)
-                _, merged = self.retrieve(dataset.user_batch(users, before="valid"))
+                _, merged = self.retrieve(dataset.user_batch(users, before="valid",
+                                                             features=history_features(dataset)))
                 self._checkpoint_into(self.ranker, run_dir, "ranker")
                 progress(f"ranker: fitting {self.config.ranker['name']}")
                 started = time.perf_counter()
@@ -175,7 +177,7 @@ class Cascade:
         users, targets = dataset.eval_users(split)
         if users.numel() == 0:
             raise DataError(f"{dataset.name}: the {split} split has no users to evaluate")
-        full = dataset.user_batch(users, before=split)
+        full = dataset.user_batch(users, before=split, features=history_features(dataset))
         k_eval = max(self.config.eval.ks)
         per_channel_parts: dict[str, list[Candidates]] = {a: [] for a in self.channels}
         merged_parts, page_parts = [], []
@@ -198,7 +200,8 @@ class Cascade:
         if self.ranker is not None:
             from recstack.ranking.base import evaluate_ranker
 
-            metrics["ranker"] = evaluate_ranker(self.ranker, dataset, split)
+            # Same protocol as training: negatives partly from the merged candidates of these users.
+            metrics["ranker"] = evaluate_ranker(self.ranker, dataset, split, candidates=merged, users=users)
         return metrics
 
     # ---- persistence ----------------------------------------------------------------------------
@@ -232,6 +235,11 @@ class Cascade:
                 raise DataError(f"{run_dir}: ranker checkpoint is missing ({run_dir / 'ranker'})")
             cascade.ranker = Ranker.load(run_dir / "ranker")
         return cascade
+
+
+def history_features(dataset: Dataset) -> tuple[str, ...]:
+    """Per-event features a UserBatch carries: time and the labels (rankers keep e.g. only clicked events)."""
+    return ("timestamp", *dataset.labels)
 
 
 def channel_overlap(merged: Candidates) -> dict[str, dict[str, float]]:

@@ -50,7 +50,14 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
         raise ConfigError(f"unknown key {_join(where, unknown[0])!s} in {cls.__name__}; "
                           f"valid keys: {', '.join(sorted(fields))}")
     hints = typing.get_type_hints(cls)
-    kwargs = {name: _coerce(hints[name], value, _join(where, name)) for name, value in data.items()}
+    kwargs = {}
+    for name, value in data.items():
+        default = _default_of(fields[name])
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            # A partial nested mapping overrides the owner's own default (e.g. a model's TrainConfig with a
+            # larger batch size), not the nested class's generic defaults.
+            value = _deep_merge(to_dict(default), value)
+        kwargs[name] = _coerce(hints[name], value, _join(where, name))
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
@@ -68,6 +75,22 @@ def to_dict(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None if f.default is dataclasses.MISSING else f.default
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def _join(where: str, key: str) -> str:

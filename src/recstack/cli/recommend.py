@@ -9,7 +9,7 @@ import torch
 import typer
 from rich.table import Table
 
-from recstack.cascade import Cascade
+from recstack.cascade import Cascade, history_features
 from recstack.cli.common import console
 from recstack.data.dataset import Dataset
 from recstack.errors import ConfigError, DataError
@@ -49,7 +49,7 @@ def recommend_command(
             table.add_row(str(rank), str(raw_items[item - 1]), title, f"{float(scores[rank - 1]):.0f}", "popular")
         console.print(table)
         return
-    batch = dataset.user_batch(torch.tensor([int(match["user"][0])]))
+    batch = dataset.user_batch(torch.tensor([int(match["user"][0])]), features=history_features(dataset))
     page = cascade.recommend(batch, k)
     items = [i for i in page.items[0].tolist() if i > 0]
     for rank, (item, title) in enumerate(zip(items, _titles(dataset, items)), 1):

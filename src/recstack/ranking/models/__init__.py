@@ -1,0 +1,1 @@
+"""Ranking architectures, one per file, registered under the "ranker" kind."""
