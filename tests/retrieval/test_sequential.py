@@ -1,0 +1,174 @@
+"""SASRec and HSTU retrievers: windows, losses, overfitting a deterministic sequence, retrieve, save/load."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+import torch
+
+from recstack.data.jagged import Jagged
+from recstack.data.prepare import prepare
+from recstack.data.tables import RawTables
+from recstack.errors import ConfigError
+from recstack.eval.evaluator import evaluate_retriever
+from recstack.registry import build
+from recstack.retrieval.base import Retriever
+from recstack.retrieval.sequential import HSTU, SASRec, TrainingWindows
+from recstack.retrieval.sequential.common import (LengthBucketedBatchSource, SequentialModel,
+                                                  full_softmax_cross_entropy)
+from recstack.train import TrainConfig
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors gain nothing from a thread pool, and on a busy machine its wake-ups dominate."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+NUM_ITEMS = 12
+
+
+def successor_dataset(num_users: int = 36, length: int = 7, timestamp_kind: str = "order"):
+    """Item i is always followed by item i + 1 (cyclic over NUM_ITEMS); user u starts at item u mod NUM_ITEMS."""
+    users, items, times = [], [], []
+    for u in range(num_users):
+        for step in range(length):
+            users.append(f"u{u:03d}")
+            items.append(f"i{(u + step) % NUM_ITEMS:02d}")
+            times.append(step * 3600 * (1 + u % 3) + 1_600_000_000)
+    frame = pl.DataFrame({"user": users, "item": items, "timestamp": times})
+    return prepare(RawTables("successor", frame, timestamp_kind=timestamp_kind))
+
+
+def tiny_train(epochs: int = 40) -> TrainConfig:
+    return TrainConfig(epochs=epochs, batch_size=12, lr=1e-2, weight_decay=0.0, warmup_ratio=0.0, min_lr_ratio=0.1,
+                       patience=0, eval_every=epochs, monitor="recall@10", progress=False, seed=0)
+
+
+SMALL = {"dim": 16, "max_len": 8, "dropout": 0.0}
+
+
+@pytest.fixture(scope="module")
+def successor():
+    return successor_dataset()
+
+
+def test_training_windows_right_aligned_with_targets_shifted():
+    seqs = Jagged.from_lists([[], [1, 2, 3, 4, 5], [6], [7, 8]])
+    windows = TrainingWindows(seqs, None, max_len=3, stride=None)
+    assert windows.num_rows == 2  # users with fewer than two items give no window
+    batch = windows.collate(torch.tensor([0, 1]))
+    assert batch["items"].tolist() == [[2, 3, 4], [0, 0, 7]]
+    assert batch["targets"].tolist() == [[3, 4, 5], [0, 0, 8]]
+    strided = TrainingWindows(seqs, torch.arange(8) * 10, max_len=3, stride=3)
+    batch = strided.collate(torch.arange(strided.num_rows))
+    assert batch["targets"].tolist() == [[3, 4, 5], [0, 0, 2], [0, 0, 8]]  # every target exactly once
+    assert batch["timestamps"].tolist() == [[10, 20, 30], [0, 0, 0], [0, 0, 60]]
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 100])
+def test_fused_cross_entropy_matches_autograd(chunk):
+    torch.manual_seed(0)
+    states = torch.randn(7, 4, requires_grad=True)
+    table = torch.randn(9, 4, requires_grad=True)
+    targets = torch.randint(0, 9, (7,))
+    fused = full_softmax_cross_entropy(states, table, targets, temperature=0.5, chunk=chunk)
+    (2 * fused).backward()
+    grads = states.grad.clone(), table.grad.clone()
+    states.grad, table.grad = None, None
+    reference = torch.nn.functional.cross_entropy(states @ table.T / 0.5, targets)
+    (2 * reference).backward()
+    assert torch.allclose(fused, reference, atol=1e-5)
+    assert torch.allclose(grads[0], states.grad, atol=1e-5) and torch.allclose(grads[1], table.grad, atol=1e-5)
+
+
+def test_length_bucketed_batches_cover_every_row_once_and_are_seeded():
+    lengths = torch.randint(2, 30, (100,), generator=torch.Generator().manual_seed(0))
+    source = LengthBucketedBatchSource(lengths, lambda rows: rows, batch_size=8, seed=3, group_batches=4)
+    batches = list(source.batches(epoch=0, rank=0, world_size=1))
+    assert len(batches) == source.num_batches(0, 0, 1) == 13
+    assert sorted(torch.cat(batches).tolist()) == list(range(100))
+    assert all(lengths[b].max() - lengths[b].min() <= lengths.max() - lengths.min() for b in batches)
+    spread = sum(int(lengths[b].max() - lengths[b].min()) for b in batches[:-1]) / 12
+    assert spread < 10  # within a group of 32 rows sorted by length, a batch of 8 spans few lengths
+    again = list(source.batches(epoch=0, rank=0, world_size=1))
+    assert all(torch.equal(a, b) for a, b in zip(batches, again))
+    assert not all(torch.equal(a, b) for a, b in zip(batches, source.batches(epoch=1, rank=0, world_size=1)))
+
+
+@pytest.mark.parametrize("loss", ["ce", "sampled_softmax", "bce"])
+@pytest.mark.parametrize("model", ["sasrec", "hstu"])
+def test_losses_are_finite_and_reach_every_parameter_group(successor, model, loss):
+    retriever = build("retriever", {"name": model, **SMALL, "loss": loss, "num_negatives": 5,
+                                    "negative_sampler": "popularity" if loss == "sampled_softmax" else "uniform"})
+    retriever._build(successor.num_items, False, successor.item_popularity("train"))
+    windows = TrainingWindows(successor.sequences(before="valid"), None, 8, None)
+    out = retriever.model.loss(windows.collate(torch.arange(6)))
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
+    assert retriever.model.encoder.item_embedding.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["sasrec", "hstu"])
+def test_overfits_successor_sequences(successor, name):
+    retriever = build("retriever", {"name": name, **SMALL, "train": tiny_train().__dict__})
+    retriever.fit(successor)
+    test = evaluate_retriever(retriever, successor, "test", ks=(1, 10))
+    assert test["recall@1"] >= 0.95, test
+    assert retriever.result.best_epoch is not None and retriever.seconds["train_per_epoch"] > 0
+
+
+@pytest.fixture(scope="module")
+def fitted(successor):
+    return build("retriever", {"name": "hstu", **SMALL, "train": tiny_train(epochs=3).__dict__}).fit(successor)
+
+
+def test_retrieve_skips_padding_duplicates_and_history(successor, fitted):
+    users, _ = successor.eval_users("test")
+    batch = successor.user_batch(users, before="test")
+    candidates = fitted.retrieve(batch, k=6)
+    assert candidates.items.shape == (users.numel(), 6)
+    assert (candidates.items > 0).all()
+    for row, history in zip(candidates.items.tolist(), batch.history.tolist()):
+        assert len(set(row)) == len(row)
+        assert not set(row) & set(history)
+    scores = fitted.score_all(batch)
+    assert scores.shape == (users.numel(), successor.num_items + 1) and torch.isinf(scores[:, 0]).all()
+
+
+def test_save_load_identical_scores(successor, fitted, tmp_path):
+    fitted.save(tmp_path / "hstu")
+    loaded = Retriever.load(tmp_path / "hstu")
+    assert isinstance(loaded, HSTU) and loaded.config == fitted.config
+    batch = successor.user_batch(torch.arange(1, 10), before="test")
+    assert torch.equal(loaded.score_all(batch), fitted.score_all(batch))
+    assert not list(tmp_path.rglob("*.pt")) and not list(tmp_path.rglob("*.pkl"))
+
+
+def test_hstu_time_bias_follows_timestamp_kind(tmp_path):
+    timed = successor_dataset(num_users=12, timestamp_kind="unix_seconds")
+    ordered = successor_dataset(num_users=12, timestamp_kind="order")
+    hstu = HSTU(HSTU().config.__class__(**SMALL))
+    assert hstu.wants_time(timed) and not hstu.wants_time(ordered)
+    hstu.config.train = tiny_train(epochs=1)
+    hstu.fit(timed)
+    assert hstu.use_time and hstu.model.encoder.relative_bias.time is not None
+    batch = timed.user_batch(torch.arange(1, 5), before="test")
+    earlier = timed.user_batch(torch.arange(1, 5), before="test")
+    earlier.history_features["timestamp"] = earlier.history_features["timestamp"] * 0 + 1_600_000_000
+    assert not torch.allclose(hstu.score_all(batch), hstu.score_all(earlier))
+    hstu.save(tmp_path / "timed")
+    assert torch.equal(Retriever.load(tmp_path / "timed").score_all(batch), hstu.score_all(batch))
+
+
+def test_sasrec_flags_build_and_config_errors(successor):
+    post = SASRec(SASRec().config.__class__(**SMALL, norm_first=False, position_from="start", activation="relu"))
+    post._build(successor.num_items, False)
+    assert isinstance(post.model, SequentialModel)
+    with pytest.raises(ConfigError, match="divisible"):
+        build("retriever", {"name": "sasrec", "dim": 10, "heads": 3})
+    with pytest.raises(ConfigError, match="loss"):
+        build("retriever", {"name": "hstu", "loss": "hinge"})
