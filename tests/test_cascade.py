@@ -119,3 +119,14 @@ def test_cli_recommend(world_dataset, tmp_path):
     assert result.exit_code == 2 and "-k must be a positive" in result.output
     result = runner.invoke(app, ["recommend", "--run", str(tmp_path / "nowhere"), "--user", user])
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+@pytest.mark.parametrize("name", ["ml-100k.yaml", "amazon-beauty.yaml"])
+def test_shipped_configs_build(name):
+    from pathlib import Path
+
+    from recstack.cli.run import load_run_config
+
+    config = load_run_config(Path(__file__).resolve().parents[1] / "configs" / name)
+    Cascade(config)  # every component name and key resolves
+    assert config.expect
