@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from recstack.data.prepare import PrepareConfig, prepare
+from recstack.data.tables import RawTables
 from tests.helpers import make_raw
 
 

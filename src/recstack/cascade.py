@@ -25,6 +25,7 @@ from recstack.ranking import base as _ranking_base  # noqa: F401  (declares the 
 from recstack.registry import build
 from recstack.retrieval.base import Retriever
 from recstack.retrieval.merge import MergeConfig, channel_report, merge_candidates
+from recstack.train.checkpoint import write_json
 
 Progress = Callable[[str], None]
 
@@ -216,7 +217,7 @@ class Cascade:
             channel.save(run_dir / "channels" / alias)
         if self.ranker is not None:
             self.ranker.save(run_dir / "ranker")
-        _write_json(run_dir / "config.json", to_dict(self.config))
+        write_json(run_dir / "config.json", to_dict(self.config), sort_keys=False)  # channel order matters
 
     @staticmethod
     def load(run_dir: str | Path) -> "Cascade":
@@ -265,10 +266,3 @@ def _concat(parts: list[Candidates]) -> Candidates:
     return Candidates(torch.cat([pad(p.items, 0) for p in parts]),
                       torch.cat([pad(p.scores, float("-inf")) for p in parts]),
                       torch.cat([pad(p.channels, 0) for p in parts]), parts[0].channel_names)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)

@@ -9,11 +9,13 @@
 from __future__ import annotations
 
 import importlib
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from recstack.config import from_dict
-from recstack.errors import ConfigError
+from recstack.errors import ConfigError, DataError
 
 
 @dataclass(frozen=True)
@@ -80,3 +82,18 @@ def build(kind: str, spec: dict[str, Any] | str, where: str = "", **kwargs: Any)
             raise ConfigError(f"{where or kind}: {spec['name']!r} takes no options, got {sorted(params)}")
         return entry.cls(**kwargs)
     return entry.cls(from_dict(entry.config, params, where or f"{kind}.{spec['name']}"), **kwargs)
+
+
+def load_saved_config(path: str | Path, kind: str) -> tuple[Entry, Any, dict]:
+    """Read `path/config.json` written by a component's `save`: (registry entry, its built config or None,
+    the whole metadata). Errors name the folder."""
+    file = Path(path) / "config.json"
+    if not file.is_file():
+        raise DataError(f"no saved {kind} at {path} (missing {file.name})")
+    try:
+        meta = json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{file}: not valid JSON ({exc})") from exc
+    entry = lookup(kind, meta["name"])
+    config = from_dict(entry.config, meta.get("config", {}), f"{file}: config") if entry.config else None
+    return entry, config, meta

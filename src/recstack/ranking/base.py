@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from recstack.config import from_dict, to_dict
+from recstack.config import to_dict
 from recstack.data.batch import Candidates, UserBatch
 from recstack.data.dataset import SPLIT_CODES, TRAIN, Dataset
 from recstack.data.jagged import Jagged
@@ -35,7 +35,7 @@ from recstack.eval.pointwise import pointwise_metrics
 from recstack.ranking.features import FeatureConfig, FeatureEncoder, FeatureSchema, build_schema
 from recstack.ranking.heads import multitask_bce, probabilities
 from recstack.ranking.samples import SampleBuilder, SampleConfig, Samples
-from recstack.registry import add_plugin_modules, lookup
+from recstack.registry import add_plugin_modules, load_saved_config
 from recstack.train import (CallableBatchSource, Trainer, TrainConfig, TrainResult, load_weights, move_to_device,
                             save_weights, seed_everything)
 
@@ -213,12 +213,8 @@ class Ranker:
     @staticmethod
     def load(path: str | Path) -> "Ranker":
         path = Path(path)
-        file = path / "config.json"
-        if not file.is_file():
-            raise DataError(f"no saved ranker at {path} (missing {file.name})")
-        meta = json.loads(file.read_text())
-        entry = lookup("ranker", meta["name"])
-        ranker = entry.cls(from_dict(entry.config, meta.get("config", {}), f"{file}: config"))
+        entry, config, meta = load_saved_config(path, "ranker")
+        ranker = entry.cls(config)
         ranker.tasks, ranker.history_label = list(meta["tasks"]), meta.get("history_label")
         ranker.positive_only = bool(meta.get("positive_only", False))
         ranker.schema = FeatureSchema.from_json(meta["schema"])

@@ -11,17 +11,16 @@ candidates another way (trie decoding, I2I expansion) override `retrieve` direct
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from recstack.config import from_dict, to_dict
+from recstack.config import to_dict
 from recstack.data.batch import Candidates, UserBatch
 from recstack.data.dataset import Dataset
-from recstack.errors import DataError
-from recstack.registry import add_plugin_modules, lookup
+from recstack.registry import add_plugin_modules, load_saved_config
+from recstack.train.checkpoint import write_json
 
 add_plugin_modules("retriever", [
     "recstack.retrieval.popular",
@@ -76,9 +75,7 @@ class Retriever:
         path.mkdir(parents=True, exist_ok=True)
         meta = {"name": self.name, "config": to_dict(self.config) if self.config is not None else {}}
         meta.update(self.save_state(path))
-        tmp = path / "config.json.tmp"
-        tmp.write_text(json.dumps(meta, indent=2))
-        tmp.replace(path / "config.json")
+        write_json(path / "config.json", meta)
 
     def save_state(self, path: Path) -> dict:
         """Write weights (safetensors) into `path`; return extra JSON metadata."""
@@ -90,12 +87,7 @@ class Retriever:
     @staticmethod
     def load(path: str | Path) -> "Retriever":
         path = Path(path)
-        file = path / "config.json"
-        if not file.is_file():
-            raise DataError(f"no saved retriever at {path} (missing {file.name})")
-        meta = json.loads(file.read_text())
-        entry = lookup("retriever", meta["name"])
-        config = from_dict(entry.config, meta.get("config", {})) if entry.config else None
+        entry, config, meta = load_saved_config(path, "retriever")
         model = entry.cls(config) if config is not None else entry.cls()
         model.load_state(path, meta)
         return model

@@ -13,7 +13,6 @@ the codebook) lives here, once, so every quantizer rejects bad input with the sa
 
 from __future__ import annotations
 
-import json
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +23,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from recstack.config import from_dict, to_dict
+from recstack.config import to_dict
 from recstack.errors import ConfigError, DataError
-from recstack.registry import add_plugin_modules, lookup
+from recstack.registry import add_plugin_modules, load_saved_config
 from recstack.train.checkpoint import atomic_dir, write_json
 
 add_plugin_modules("quantizer", [
@@ -226,16 +225,12 @@ class Quantizer:
     @staticmethod
     def load(path: str | Path) -> "Quantizer":
         path = Path(path)
-        file = path / "config.json"
-        if not file.is_file():
-            raise DataError(f"no saved quantizer at {path} (missing {file.name})")
+        entry, config, meta = load_saved_config(path, "quantizer")
         try:
-            meta = json.loads(file.read_text())
             tensors = load_file(str(path / "state.safetensors"))
-        except (OSError, json.JSONDecodeError, SafetensorError) as exc:
+        except (OSError, SafetensorError) as exc:
             raise DataError(f"{path}: unreadable saved quantizer: {exc}") from exc
-        entry = lookup("quantizer", meta["name"])
-        model = entry.cls(from_dict(entry.config, meta.get("config", {}), f"{file}: config"))
+        model = entry.cls(config)
         model.dim = int(meta["dim"])
         model._load_state(tensors, meta)
         return model

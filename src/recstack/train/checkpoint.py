@@ -61,12 +61,12 @@ def _fsync_folder(folder: Path) -> None:
                 os.fsync(f.fileno())
 
 
-def write_json(path: str | Path, data: Any) -> None:
-    """JSON file written via temp file + os.replace."""
+def write_json(path: str | Path, data: Any, sort_keys: bool = True) -> None:
+    """JSON file written via temp file + os.replace (sort_keys=False where mapping order carries meaning)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=sort_keys))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

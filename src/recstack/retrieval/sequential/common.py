@@ -58,6 +58,7 @@ class SequentialConfig:
     window_stride: int | None = None
     bucket_by_length: bool = True  # batches of similar-length windows (less padding); order still seeded
     ce_chunk_rows: int | None = None  # rows per chunk of the fused full-softmax loss; None = ~2**19 / num_items
+    ce_bfloat16: bool = False         # bfloat16 matmuls in that loss (AMX CPUs, GPUs); softmax stays float32
     eval_batch_size: int = 1024
     device: str = "cpu"
     train: TrainConfig = field(default_factory=_train_defaults)
@@ -149,39 +150,47 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
     """mean_m CE(softmax(scale · states[m] @ tableᵀ), targets[m]), computed in row chunks.
 
     The [M, N] logits never exist at once: each chunk's logits stay in cache and the gradients are
-    accumulated in the forward pass (2-3x faster on CPU than logits + F.cross_entropy, far less memory).
+    accumulated in the forward pass (2-3x faster on CPU than logits + F.cross_entropy, far less
+    memory). The two matmuls run in `compute_dtype`; softmax and gradient sums stay float32.
     """
 
     @staticmethod
     def forward(ctx, states: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, scale: float,
-                chunk: int) -> torch.Tensor:
-        m = states.shape[0]
-        grad_states, grad_table = torch.empty_like(states), torch.zeros_like(table)
-        total = states.new_zeros((), dtype=torch.float32)
-        for start in range(0, m, chunk):  # chunks of rows; each chunk is one vectorised block
-            rows, target = states[start:start + chunk], targets[start:start + chunk]
-            logits = (rows @ table.T).float().mul_(scale)
-            lse = torch.logsumexp(logits, 1, keepdim=True)
-            total += (lse[:, 0] - logits.gather(1, target[:, None])[:, 0]).sum()
-            probs = logits.sub_(lse).exp_()
-            probs[torch.arange(probs.shape[0], device=probs.device), target] -= 1.0
-            probs = probs.mul_(scale / m).to(states.dtype)
-            grad_states[start:start + chunk] = probs @ table
-            grad_table.addmm_(probs.T, rows)
-        ctx.save_for_backward(grad_states, grad_table)
+                chunk: int, compute_dtype: torch.dtype) -> torch.Tensor:
+        m, device = states.shape[0], states.device
+        with torch.autocast(device.type, enabled=False):
+            low_states, low_table = states.to(compute_dtype), table.to(compute_dtype)
+            grad_states = torch.empty(states.shape, dtype=torch.float32, device=device)
+            grad_table = torch.zeros(table.shape, dtype=torch.float32, device=device)
+            total = torch.zeros((), dtype=torch.float32, device=device)
+            for start in range(0, m, chunk):  # chunks of rows; each chunk is one vectorised block
+                rows, target = low_states[start:start + chunk], targets[start:start + chunk]
+                logits = (rows @ low_table.T).float().mul_(scale)
+                lse = torch.logsumexp(logits, 1, keepdim=True)
+                total += (lse[:, 0] - logits.gather(1, target[:, None])[:, 0]).sum()
+                probs = logits.sub_(lse).exp_()
+                probs[torch.arange(probs.shape[0], device=device), target] -= 1.0
+                probs = probs.mul_(scale / m).to(compute_dtype)  # d loss / d logits
+                grad_states[start:start + chunk] = probs @ low_table
+                if compute_dtype == torch.float32:
+                    grad_table.addmm_(probs.T, rows)
+                else:
+                    grad_table += (probs.T @ rows).float()
+        ctx.save_for_backward(grad_states.to(states.dtype), grad_table.to(table.dtype))
         return total / m
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         grad_states, grad_table = ctx.saved_tensors
-        return grad_states * grad_output, grad_table * grad_output, None, None, None
+        return grad_states * grad_output, grad_table * grad_output, None, None, None, None
 
 
 def full_softmax_cross_entropy(states: torch.Tensor, table: torch.Tensor, targets: torch.Tensor,
-                               temperature: float = 1.0, chunk: int | None = None) -> torch.Tensor:
+                               temperature: float = 1.0, chunk: int | None = None,
+                               compute_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Cross-entropy of states [M, D] against every row of table [N, D]; targets [M] in 0..N-1."""
     chunk = chunk or max(16, min(1024, 2**19 // max(table.shape[0], 1)))
-    return _FusedLinearCrossEntropy.apply(states, table, targets, 1.0 / temperature, chunk)
+    return _FusedLinearCrossEntropy.apply(states, table, targets, 1.0 / temperature, chunk, compute_dtype)
 
 
 class SequentialModel(nn.Module):
@@ -227,8 +236,9 @@ class SequentialModel(nn.Module):
         temperature = self.config.temperature
         if self.config.loss == "ce":
             # Over items 1..num_items: the padding row is no class.
-            return {"loss": full_softmax_cross_entropy(states, table[1:], targets - 1, temperature,
-                                                       self.config.ce_chunk_rows)}
+            return {"loss": full_softmax_cross_entropy(
+                states, table[1:], targets - 1, temperature, self.config.ce_chunk_rows,
+                torch.bfloat16 if self.config.ce_bfloat16 else torch.float32)}
         if self.config.loss == "sampled_softmax":
             negatives, log_q = self._sample(self.config.num_negatives, states.device)  # [S], shared by rows
             pos = (states * table[targets]).sum(-1, keepdim=True) / temperature  # [M, 1]
