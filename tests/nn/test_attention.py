@@ -16,14 +16,6 @@ from recstack.nn.sequence_encoder import CausalSequenceEncoder
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from a thread pool, and on a busy machine its wake-ups dominate."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 def test_causal_mask_lower_triangular_over_real_items():
     valid = torch.tensor([[False, True, True], [True, True, True]])
     mask = causal_mask(valid)

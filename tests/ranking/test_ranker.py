@@ -22,14 +22,6 @@ from tests.helpers import make_raw
 TINY_TRAIN = {"epochs": 6, "batch_size": 256, "lr": 1e-2, "patience": 0, "progress": False, "seed": 0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads; on a shared 2-core machine they only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def tiny_ranker(**overrides):
     spec = {"name": "dcn_din_mmoe", "features": {"dim": 8}, "samples": {"max_history": 8},

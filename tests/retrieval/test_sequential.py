@@ -19,14 +19,6 @@ from recstack.retrieval.sequential.common import (LengthBucketedBatchSource, Seq
 from recstack.train import TrainConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from a thread pool, and on a busy machine its wake-ups dominate."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 NUM_ITEMS = 12
 

@@ -49,14 +49,6 @@ def config(**overrides) -> TwoTowerConfig:
     return replace(TwoTowerConfig(dim=32, hidden=[64], num_negatives=32, train=train), **overrides)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a small shared CPU, OpenMP threads spin-wait for each other (~10x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def dataset() -> Dataset:

@@ -25,14 +25,6 @@ from recstack.semantic_ids.encoders.fused import FusedEncoder, FusedEncoderConfi
 from recstack.semantic_ids.encoders.text import TextEncoder, TextEncoderConfig, item_texts
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared, loaded machine: one thread avoids OpenMP spin-waits (10x faster here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 class HashingModel:
     """Fake sentence model: a fixed random vector per text (seeded by its hash); counts calls."""
