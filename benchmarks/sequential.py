@@ -93,6 +93,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--no-write", action="store_true", help="do not append to benchmarks/results")
     parser.add_argument("--valid-only", action="store_true", help="tuning run: report valid, never touch test")
+    parser.add_argument("--refit", action="store_true",
+                        help="also retrain on train+valid for the best epoch count and report its test metrics "
+                             "(the data Meta's HSTU protocol trains on: every item but the last)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -151,6 +154,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "target": TARGETS.get((args.dataset, args.model), {}),
     }
     result["meets_target"] = all(test[k] >= v for k, v in result["target"].items())
+    if args.refit:
+        refit = build("retriever", {**to_dict(retriever.config), "name": args.model, "train_on": "train+valid"})
+        refit.config.train.epochs = (retriever.result.best_epoch or 0) + 1
+        refit.fit(dataset)
+        refit_test = evaluate_retriever(refit, dataset, "test", ks=(5, 10, 20), batch_size=1024)
+        result["refit_train_valid"] = {"epochs": refit.config.train.epochs,
+                                       "test": {k: round(refit_test[k], 4) for k in keep},
+                                       "seconds": round(refit.seconds["total"], 1)}
+        result["refit_meets_target"] = all(refit_test[k] >= v for k, v in result["target"].items())
+        print("REFIT (train+valid, {} epochs) TEST ".format(refit.config.train.epochs)
+              + " ".join(f"{k}={v:.4f}" for k, v in result["refit_train_valid"]["test"].items()))
+        result["seconds"]["total"] = round(time.perf_counter() - started, 1)
     print("TEST " + " ".join(f"{k}={v:.4f}" for k, v in result["test"].items()))
     print(f"target {result['target']} met: {result['meets_target']}; "
           f"{result['seconds']['train_per_epoch']}s/epoch, {result['seconds']['total']}s total")

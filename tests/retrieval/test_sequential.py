@@ -158,6 +158,13 @@ def test_hstu_time_bias_follows_timestamp_kind(tmp_path):
     assert torch.equal(Retriever.load(tmp_path / "timed").score_all(batch), hstu.score_all(batch))
 
 
+def test_refit_on_train_and_valid_runs_all_epochs_without_evaluating(successor):
+    refit = build("retriever", {"name": "sasrec", **SMALL, "train_on": "train+valid",
+                                "train": tiny_train(epochs=2).__dict__}).fit(successor)
+    assert refit.result.best_epoch is None and len(refit.result.history) == 2
+    assert all(record["metrics"] == {} for record in refit.result.history)
+
+
 def test_sasrec_flags_build_and_config_errors(successor):
     post = SASRec(SASRec().config.__class__(**SMALL, norm_first=False, position_from="start", activation="relu"))
     post._build(successor.num_items, False)

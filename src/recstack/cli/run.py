@@ -111,7 +111,8 @@ def execute(config: RunConfig, runs_dir: Path, fresh: bool = False) -> dict[str,
 
 
 def _history(component: Any) -> list[dict]:
-    result = getattr(component, "train_result", None)
+    # Rankers keep their TrainResult as `train_result`, sequential retrievers as `result`.
+    result = getattr(component, "train_result", None) or getattr(component, "result", None)
     return list(getattr(result, "history", []) or [])
 
 

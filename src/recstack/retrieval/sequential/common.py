@@ -43,6 +43,9 @@ class SequentialConfig:
 
     window_stride: None = one training window per user (the last max_len + 1 train items); k = also
                    windows ending k, 2k, ... items earlier, so long histories are used in full.
+    train_on:      "train" (house protocol: early stopping on valid) or "train+valid": a refit for a
+                   fixed number of epochs (e.g. the best epoch of a "train" run) whose targets include
+                   the valid item, as in protocols without a validation split (Meta's HSTU code).
     """
 
     dim: int = 64
@@ -56,6 +59,7 @@ class SequentialConfig:
     scale_embedding: bool = True   # item embedding times sqrt(dim) at the input
     init_std: float = 0.02
     window_stride: int | None = None
+    train_on: Literal["train", "train+valid"] = "train"
     bucket_by_length: bool = True  # batches of similar-length windows (less padding); order still seeded
     ce_chunk_rows: int | None = None  # rows per chunk of the fused full-softmax loss; None = ~2**19 / num_items
     ce_bfloat16: bool = False         # bfloat16 matmuls in that loss (AMX CPUs, GPUs); softmax stays float32
@@ -285,8 +289,10 @@ class SequentialRetriever(Retriever):
         use_time = self.wants_time(dataset)
         seed_everything(self.config.train.seed)  # the initial weights are part of the seeded run
         self._build(dataset.num_items, use_time, dataset.item_popularity("train"))
-        items = dataset.sequences(before="valid")
-        times = dataset.sequences(before="valid", column="timestamp").values.long() if use_time else None
+        refit = self.config.train_on == "train+valid"
+        before = "test" if refit else "valid"
+        items = dataset.sequences(before=before)
+        times = dataset.sequences(before=before, column="timestamp").values.long() if use_time else None
         windows = TrainingWindows(items, times, self.config.max_len, self.config.window_stride)
         train = self.config.train
         if self.config.bucket_by_length:
@@ -304,7 +310,9 @@ class SequentialRetriever(Retriever):
             return {k: v for k, v in metrics.items() if "@" in k and k.split("@")[0] in ("recall", "ndcg")}
 
         started = time.perf_counter()
-        self.result = Trainer(self.model, train, source, evaluate=evaluate, device=self.config.device).fit()
+        # Valid items are training targets in a refit, so nothing is left to stop on: all epochs run.
+        self.result = Trainer(self.model, train, source, evaluate=None if refit else evaluate,
+                              device=self.config.device).fit()
         total = time.perf_counter() - started
         epochs = max(len(self.result.history), 1)
         self.seconds = {"total": total, "eval": eval_seconds[0], "train_per_epoch": (total - eval_seconds[0]) / epochs,
