@@ -6,6 +6,7 @@ import polars as pl
 import pytest
 import torch
 
+from recstack.data.batch import UserBatch
 from recstack.data.jagged import Jagged
 from recstack.data.prepare import prepare
 from recstack.data.tables import RawTables
@@ -55,6 +56,7 @@ def test_training_windows_right_aligned_with_targets_shifted():
     batch = windows.collate(torch.tensor([0, 1]))
     assert batch["items"].tolist() == [[2, 3, 4], [0, 0, 7]]
     assert batch["targets"].tolist() == [[3, 4, 5], [0, 0, 8]]
+    assert float(batch["target_count"]) == 4.0  # 2 windows x (3 + 1) / 2 targets on average
     strided = TrainingWindows(seqs, torch.arange(8) * 10, max_len=3, stride=3)
     batch = strided.collate(torch.arange(strided.num_rows))
     assert batch["targets"].tolist() == [[3, 4, 5], [0, 0, 2], [0, 0, 8]]  # every target exactly once
@@ -131,6 +133,16 @@ def test_retrieve_skips_padding_duplicates_and_history(successor, fitted):
         assert not set(row) & set(history)
     scores = fitted.score_all(batch)
     assert scores.shape == (users.numel(), successor.num_items + 1) and torch.isinf(scores[:, 0]).all()
+
+
+def test_scores_do_not_depend_on_batch_composition(successor, fitted):
+    histories = [[1, 2, 3], [4], [5, 6, 7, 8, 9, 10, 11, 12, 1, 2], [], [2, 3], [9, 10, 11, 12, 1, 2, 3]]
+    batch = UserBatch(torch.arange(1, 7), Jagged.from_lists(histories))
+    full = fitted.score_all(batch)
+    assert torch.isfinite(full[:, 1:]).all()
+    rows = torch.tensor([5, 0, 2])
+    assert torch.allclose(fitted.score_all(batch.select(rows)), full[rows], atol=1e-5)
+    assert torch.allclose(fitted.user_embeddings(batch, chunk=2), fitted.user_embeddings(batch), atol=1e-5)
 
 
 def test_save_load_identical_scores(successor, fitted, tmp_path):
