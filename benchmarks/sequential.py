@@ -155,6 +155,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "test": {k: round(test[k], 4) for k in keep},
         "valid_best": {k: round(v, 4) for k, v in retriever.result.best_metrics.items()},
         "best_epoch": retriever.result.best_epoch, "epochs_run": len(retriever.result.history),
+        "valid_curve": [{"epoch": r["epoch"] + 1, "seconds": round(r["seconds"], 2),
+                         **{k: round(v, 4) for k, v in r["metrics"].items()}} for r in retriever.result.history],
         "stopped_early": retriever.result.stopped_early,
         "seconds": {"train_per_epoch": round(retriever.seconds["train_per_epoch"], 2),
                     "valid_eval_total": round(retriever.seconds["eval"], 1),

@@ -9,7 +9,7 @@ from recstack.cascade import Cascade, RunConfig
 from recstack.cli.main import app
 from recstack.config import from_dict
 from recstack.data.prepare import prepare
-from recstack.errors import ConfigError
+from recstack.errors import ConfigError, DataError
 from recstack.world import World, WorldConfig
 
 runner = CliRunner()
@@ -130,3 +130,38 @@ def test_shipped_configs_build(name):
     config = load_run_config(Path(__file__).resolve().parents[1] / "configs" / name)
     Cascade(config)  # every component name and key resolves
     assert config.expect
+
+
+def test_page_tuning_weighs_channels_and_survives_save_load(world_dataset, tmp_path):
+    cfg = config(ranker={"name": "dcn_din_mmoe", "train": {"epochs": 1, "batch_size": 256}},
+                 page={"k": 10, "tune": True, "tune_grid": [0.0, 0.5, 5.0], "tune_rounds": 1})
+    cascade = Cascade(cfg).fit(world_dataset, tmp_path / "run", progress=lambda m: None)
+    tuning = cascade.page_tuning
+    assert tuning["ndcg_after"] >= tuning["ndcg_before"]
+    assert set(tuning["channel_weights"]) <= set(FAST_CHANNELS)
+    assert cascade.config.page.channel_weights == tuning["channel_weights"]
+    cascade.save(tmp_path / "run")
+    batch = world_dataset.user_batch(torch.arange(1, 21))
+    loaded = Cascade.load(tmp_path / "run")
+    assert loaded.config.page.channel_weights == tuning["channel_weights"]
+    assert torch.equal(cascade.recommend(batch).items, loaded.recommend(batch).items)
+
+
+def test_impression_logs_feed_retrieval_only_their_clicks(tmp_path):
+    world = World(WorldConfig(num_users=60, num_items=80, num_topics=4, num_interactions=6000, seed=5))
+    logs = prepare(world.generate_logs(), name="tinylogs")
+    assert logs.is_impression_log()
+    cascade = Cascade(config(dataset={"name": "tinylogs"}, merge={"k_total": 30}, eval={"ks": [10, 30]}))
+    view = cascade.retrieval_view(logs)
+    assert view.interactions.height == int(logs.interactions["click"].sum()) < logs.interactions.height
+    cascade.fit(logs, progress=lambda m: None)
+    popular = cascade.channels["popular"]
+    # the popularity channel counts clicks, not impressions
+    clicks = logs.interactions.filter((logs.interactions["click"] == 1) & (logs.interactions["split"] == 0))
+    top_clicked = clicks.group_by("item").len().sort(["len", "item"], descending=[True, False])["item"][0]
+    page = popular.retrieve(view.user_batch(torch.tensor([0])), 1)
+    assert int(page.items[0, 0]) == top_clicked
+    metrics = cascade.evaluate(logs, "test")
+    assert metrics["users"] == view.eval_users("test")[0].numel()
+    with pytest.raises(DataError, match="no label column 'nope'"):
+        logs.positives("nope")

@@ -20,7 +20,7 @@ from recstack.config import from_dict, to_dict
 from recstack.data.batch import Candidates, Page, UserBatch
 from recstack.data.dataset import Dataset
 from recstack.errors import ConfigError, DataError
-from recstack.page.fused import PageConfig, arrange_page, fuse_scores
+from recstack.page.fused import PageConfig, arrange_page, fuse_scores, tune_page_weights
 from recstack.ranking import base as _ranking_base  # noqa: F401  (declares the ranker plugins for build)
 from recstack.registry import build
 from recstack.retrieval.base import Retriever
@@ -84,6 +84,9 @@ class RunConfig:
     merge: MergeConfig = field(default_factory=lambda: MergeConfig(k_total=200))
     ranker: dict[str, Any] | None = field(default_factory=_default_ranker)
     page: PageConfig = field(default_factory=PageConfig)
+    retrieval_label: str | None = "auto"
+    """label whose positive rows are the history and targets of retrieval and the page; "auto": the
+    first label of an impression log (the world's click), every row of a positive-only log; null: every row"""
     eval: EvalSpec = field(default_factory=EvalSpec)
     expect: dict[str, ExpectSpec] = field(default_factory=dict)
     """metric key in metrics.json (e.g. "test/page/ndcg@10") -> bound"""
@@ -103,11 +106,20 @@ class Cascade:
             alias: build("retriever", spec, where=f"channels.{alias}") for alias, spec in config.channels.items()}
         self.ranker = build("ranker", config.ranker, where="ranker") if config.ranker else None
         self.train_seconds: dict[str, float] = {}
+        self.page_tuning: dict[str, Any] | None = None
+
+    def retrieval_view(self, dataset: Dataset) -> Dataset:
+        """The rows retrieval sees (see RunConfig.retrieval_label); the ranker keeps the whole log."""
+        label = self.config.retrieval_label
+        if label == "auto":
+            label = dataset.labels[0] if dataset.labels and dataset.is_impression_log() else None
+        return dataset.positives(label) if label else dataset
 
     # ---- training -------------------------------------------------------------------------------
     def fit(self, dataset: Dataset, run_dir: str | Path | None = None, progress: Progress = print) -> "Cascade":
         """Fit every stage; stages already saved in `run_dir` are loaded instead (resume)."""
         run_dir = Path(run_dir) if run_dir else None
+        view = self.retrieval_view(dataset)
         for alias, channel in list(self.channels.items()):
             saved = run_dir / "channels" / alias if run_dir else None
             if saved is not None and (saved / "config.json").is_file():
@@ -118,7 +130,7 @@ class Cascade:
             progress(f"channel {alias}: fitting {channel.name}")
             started = time.perf_counter()
             torch.manual_seed(self.config.seed)
-            channel.fit(dataset)
+            channel.fit(view)
             self.train_seconds[alias] = time.perf_counter() - started
             if saved is not None:
                 channel.save(saved)
@@ -132,8 +144,7 @@ class Cascade:
             else:
                 progress("ranker: retrieving training candidates")
                 users = torch.arange(1, dataset.num_users + 1)
-                _, merged = self.retrieve(dataset.user_batch(users, before="valid",
-                                                             features=history_features(dataset)))
+                _, merged = self.retrieve(view.user_batch(users, before="valid", features=history_features(view)))
                 self._checkpoint_into(self.ranker, run_dir, "ranker")
                 progress(f"ranker: fitting {self.config.ranker['name']}")
                 started = time.perf_counter()
@@ -142,7 +153,32 @@ class Cascade:
                 self.train_seconds["ranker"] = time.perf_counter() - started
                 if saved is not None:
                     self.ranker.save(saved)
+            if self.config.page.tune:  # after the ranker: the weights balance its scores against retrieval
+                progress("page: tuning channel weights on valid")
+                self.tune_page(dataset)
         return self
+
+    def tune_page(self, dataset: Dataset) -> dict[str, Any]:
+        """Set page.channel_weights to maximise valid page NDCG@k (see page.fused.tune_page_weights)."""
+        dataset = self.retrieval_view(dataset)
+        users, targets = dataset.eval_users("valid")
+        if users.numel() == 0:
+            raise DataError(f"{dataset.name}: page.tune needs a valid split with users")
+        full = dataset.user_batch(users, before="valid", features=history_features(dataset))
+        merged_parts, score_parts = [], []
+        for start in range(0, users.numel(), self.config.eval.batch_size):
+            batch = full.select(torch.arange(start, min(start + self.config.eval.batch_size, users.numel())))
+            _, merged = self.retrieve(batch)
+            merged_parts.append(merged)
+            score_parts.append(self.ranker.score(batch, merged))
+        merged = _concat(merged_parts)
+        scores = {t: torch.cat([torch.nn.functional.pad(p[t], (0, merged.k - p[t].shape[1])) for p in score_parts])
+                  for t in score_parts[0]}
+        started = time.perf_counter()
+        self.page_tuning = tune_page_weights(merged, scores, self.config.page.weights, targets, self.config.page)
+        self.page_tuning["seconds"] = round(time.perf_counter() - started, 2)
+        self.config.page.channel_weights = dict(self.page_tuning["channel_weights"])
+        return self.page_tuning
 
     @staticmethod
     def _checkpoint_into(component: Any, run_dir: Path | None, alias: str) -> None:
@@ -169,7 +205,8 @@ class Cascade:
         if self.ranker is None:
             return Page(merged.items[:, :k], merged.scores[:, :k], merged.channels[:, :k], merged.channel_names)
         scores = self.ranker.score(batch, merged)
-        return arrange_page(merged, fuse_scores(scores, self.config.page.weights), k)
+        fused = fuse_scores(scores, self.config.page.weights, merged, self.config.page.channel_weights)
+        return arrange_page(merged, fused, k)
 
     def recommend(self, batch: UserBatch, k: int | None = None) -> Page:
         _, merged = self.retrieve(batch)
@@ -180,6 +217,7 @@ class Cascade:
         """Channel recall@K, merged recall@K, exclusive contributions, ranker AUC/GAUC, page metrics."""
         from recstack.eval.topk import topk_metrics
 
+        logged, dataset = dataset, self.retrieval_view(dataset)
         users, targets = dataset.eval_users(split)
         if users.numel() == 0:
             raise DataError(f"{dataset.name}: the {split} split has no users to evaluate")
@@ -207,7 +245,7 @@ class Cascade:
             from recstack.ranking.base import evaluate_ranker
 
             # Same protocol as training: negatives partly from the merged candidates of these users.
-            metrics["ranker"] = evaluate_ranker(self.ranker, dataset, split, candidates=merged, users=users)
+            metrics["ranker"] = evaluate_ranker(self.ranker, logged, split, candidates=merged, users=users)
         return metrics
 
     # ---- persistence ----------------------------------------------------------------------------
@@ -226,7 +264,7 @@ class Cascade:
             raise DataError(f"{run_dir} is not a recstack run folder (no config.json); run `recstack run` first")
         config = from_dict(RunConfig, json.loads((run_dir / "config.json").read_text()))
         cascade = Cascade.__new__(Cascade)
-        cascade.config, cascade.train_seconds = config, {}
+        cascade.config, cascade.train_seconds, cascade.page_tuning = config, {}, None
         cascade.channels = {}
         for alias in config.channels:
             path = run_dir / "channels" / alias
@@ -263,6 +301,9 @@ def _concat(parts: list[Candidates]) -> Candidates:
     def pad(t: torch.Tensor, value: float) -> torch.Tensor:
         return torch.nn.functional.pad(t, (0, k - t.shape[1]), value=value)
 
+    evidence = None
+    if all(p.channel_scores is not None for p in parts):
+        evidence = torch.cat([torch.nn.functional.pad(p.channel_scores, (0, 0, 0, k - p.k)) for p in parts])
     return Candidates(torch.cat([pad(p.items, 0) for p in parts]),
                       torch.cat([pad(p.scores, float("-inf")) for p in parts]),
-                      torch.cat([pad(p.channels, 0) for p in parts]), parts[0].channel_names)
+                      torch.cat([pad(p.channels, 0) for p in parts]), parts[0].channel_names, evidence)

@@ -86,3 +86,15 @@ def test_channel_report_recall_and_exclusive_contribution() -> None:
     assert report["exclusive@4"] == pytest.approx({"itemcf": 1 / 6, "swing": 1 / 6})
     assert report["shared@4"] == pytest.approx(1 / 2)
     assert sum(report["exclusive@4"].values()) + report["shared@4"] == pytest.approx(report["recall@4"]["merged"])
+
+
+def test_channel_scores_hold_each_channels_rank_evidence() -> None:
+    merged = merge_candidates(channels(), None, k_total=5)
+    evidence = merged.channel_scores  # [B, K, C]: 1 / (rank in channel + 1), 0 when not retrieved
+    assert evidence.shape == (3, 5, 2)
+    # row 0: items [1, 2, 6, 3, 0]; itemcf ranks 1,2,3 at 0,1,2; swing ranks 2,6,1 at 0,1,2
+    torch.testing.assert_close(evidence[0], torch.tensor([[1.0, 1 / 3], [0.5, 1.0], [0.0, 0.5], [1 / 3, 0.0],
+                                                          [0.0, 0.0]]))
+    # merging an already merged list keeps the evidence of its channels
+    again = merge_candidates({"both": merged}, None, k_total=5)
+    torch.testing.assert_close(again.channel_scores, evidence)

@@ -35,6 +35,7 @@ def recommend_command(
         raise DataError(f"run folder {run} does not exist; create one with `recstack run`")
     cascade = Cascade.load(run)
     dataset = Dataset.load(cascade.config.dataset.name)
+    view = cascade.retrieval_view(dataset)  # consumed items only (clicks of an impression log)
     match = dataset.users.filter(pl.col("raw_id") == user)
     raw_items = dataset.items["raw_id"]
     table = Table(title=f"page for user {user} ({run.name})")
@@ -43,13 +44,13 @@ def recommend_command(
     if match.height == 0:
         console.print(f"[yellow]notice:[/] user {user!r} is not in {dataset.name}; showing the cold-start page "
                       "(most popular items in the training data)")
-        scores, items = torch.topk(dataset.item_popularity("train")[1:], min(k, dataset.num_items))
+        scores, items = torch.topk(view.item_popularity("train")[1:], min(k, dataset.num_items))
         items = (items + 1).tolist()
         for rank, (item, title) in enumerate(zip(items, _titles(dataset, items)), 1):
             table.add_row(str(rank), str(raw_items[item - 1]), title, f"{float(scores[rank - 1]):.0f}", "popular")
         console.print(table)
         return
-    batch = dataset.user_batch(torch.tensor([int(match["user"][0])]), features=history_features(dataset))
+    batch = view.user_batch(torch.tensor([int(match["user"][0])]), features=history_features(view))
     page = cascade.recommend(batch, k)
     items = [i for i in page.items[0].tolist() if i > 0]
     for rank, (item, title) in enumerate(zip(items, _titles(dataset, items)), 1):

@@ -78,19 +78,20 @@ def execute(config: RunConfig, runs_dir: Path, fresh: bool = False) -> dict[str,
     from recstack.eval.evaluator import evaluate_retriever
     from recstack.retrieval.popular import Popular
 
-    baseline = Popular().fit(dataset)
+    baseline = Popular().fit(cascade.retrieval_view(dataset))
     metrics: dict[str, Any] = {}
     for split in config.eval.splits:
         console.print(f"[cyan]•[/] evaluating on {split}")
         metrics[split] = cascade.evaluate(dataset, split)
-        metrics[split]["baseline_popular"] = evaluate_retriever(baseline, dataset, split, ks=config.eval.page_ks)
+        metrics[split]["baseline_popular"] = evaluate_retriever(baseline, cascade.retrieval_view(dataset), split,
+                                                                ks=config.eval.page_ks)
     flat = flatten(metrics)
     expectations = check_expectations(config, flat)
     result = {"name": config.name, "dataset": dataset.name, "finished": datetime.now(timezone.utc).isoformat(),
               "machine": f"{platform.machine()} {platform.processor() or ''} ({__import__('os').cpu_count()} cpus)",
               "fit_seconds": round(fit_seconds, 1), "train_seconds": {k: round(v, 1) for k, v in
                                                                     cascade.train_seconds.items()},
-              "metrics": metrics, "expect": expectations}
+              "page_tuning": cascade.page_tuning, "metrics": metrics, "expect": expectations}
     tmp = run_dir / "metrics.json.tmp"
     tmp.write_text(json.dumps(result, indent=2))
     tmp.replace(run_dir / "metrics.json")

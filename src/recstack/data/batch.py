@@ -52,12 +52,15 @@ class Candidates:
     items:    [B, K] item ids, 0 marks an empty slot.
     scores:   [B, K] float, -inf at empty slots, best first within each row.
     channels: [B, K] int64 bitmask; bit c set when channel_names[c] produced the item.
+    channel_scores: [B, K, C] float, optional (set by merge_candidates): channel c's rank evidence
+              1 / (rank in channel c + 1), 0 where channel c did not produce the item.
     """
 
     items: torch.Tensor
     scores: torch.Tensor
     channels: torch.Tensor
     channel_names: list[str]
+    channel_scores: torch.Tensor | None = None
 
     @staticmethod
     def from_topk(items: torch.Tensor, scores: torch.Tensor, channel: str) -> "Candidates":

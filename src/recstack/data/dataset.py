@@ -58,6 +58,21 @@ class Dataset:
         return list(self.meta.get("text_fields", []))
 
     # ---- views --------------------------------------------------------------------------------
+    def is_impression_log(self) -> bool:
+        """True when some label column holds a 0: rows are impressions, not all of them consumed."""
+        return any(self.interactions[name].min() == 0 for name in self.labels if name in self.interactions.columns)
+
+    def positives(self, label: str) -> "Dataset":
+        """The same dataset restricted to rows with `label` == 1 (e.g. clicks of an impression log).
+
+        Retrieval learns from and is judged on consumed items; impressions that were skipped are
+        neither history nor targets. Users and items keep their ids (users may have no rows left).
+        """
+        if label not in self.interactions.columns:
+            raise DataError(f"{self.name}: no label column {label!r}; labels: {', '.join(self.labels) or 'none'}")
+        meta = {**self.meta, "positive_label": label}
+        return Dataset(self.name, self.interactions.filter(pl.col(label) == 1), self.items, self.users, meta)
+
     def split_frame(self, split: str) -> pl.DataFrame:
         """Rows of one split ("train", "valid", "test")."""
         return self.interactions.filter(pl.col("split") == SPLIT_CODES[split])

@@ -20,10 +20,9 @@ import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from tqdm import tqdm
-
 from recstack.errors import DataError
 from recstack.paths import downloads_dir
+from recstack.progress import progress_bar
 
 _USER_AGENT = "recstack (https://github.com/recstack)"
 
@@ -86,7 +85,7 @@ def _stream(response, url: str, part: Path, offset: int, progress: bool, chunk_s
         mode, offset = "wb", 0
     length = response.headers.get("Content-Length")
     total = offset + int(length) if length is not None else None
-    with open(part, mode) as handle, tqdm(total=total, initial=offset, unit="B", unit_scale=True,
+    with open(part, mode) as handle, progress_bar(total=total, initial=offset, unit="B", unit_scale=True,
                                           desc=part.name.removesuffix(".part"), disable=not progress) as bar:
         try:
             while chunk := response.read(chunk_size):

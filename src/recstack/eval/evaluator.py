@@ -91,8 +91,8 @@ def evaluate_retriever(retriever: Retriever, dataset: Dataset, split: str = "tes
     name = getattr(retriever, "name", type(retriever).__name__)
     starts = range(0, users.numel(), batch_size)
     if progress:
-        from tqdm import tqdm
-        starts = tqdm(starts, desc=f"evaluate {name} on {split}", unit="batch")
+        from recstack.progress import progress_bar
+        starts = progress_bar(starts, desc=f"evaluate {name} on {split}", unit="batch")
     for start in starts:
         rows = torch.arange(start, min(start + batch_size, users.numel()))
         candidates = retriever.retrieve(history.select(rows), max(ks), exclude_history=exclude_history)

@@ -4,7 +4,8 @@ merge_candidates: each channel contributes its top `quota` items; scores are nor
 ("rank": 1 / (rank + 1), comparable across channels; "raw": the channel's own score); an item found
 by several channels keeps its best normalised score and the union of their channel tags; rows are
 sorted by merged score (ties: the earlier channel in the dict, then the better rank within it, which
-interleaves channels round-robin under "rank") and cut to `k_total`. Vectorised over the batch: the
+interleaves channels round-robin under "rank") and cut to `k_total`. The merged Candidates also
+carry each channel's rank evidence per item (`channel_scores`), which the page can weigh. Vectorised over the batch: the
 only Python loops run over channels and channel tag bits.
 """
 
@@ -50,7 +51,7 @@ def merge_candidates(channel_candidates: dict[str, Candidates], quotas: dict[str
     batch = next(iter(sizes.values()))
 
     names: list[str] = []
-    items, scores, masks = [], [], []
+    items, scores, masks, evidence = [], [], [], []
     for key, cands in channel_candidates.items():
         quota = quotas.get(key, cands.k)
         if quota < 0:
@@ -62,9 +63,12 @@ def merge_candidates(channel_candidates: dict[str, Candidates], quotas: dict[str
             if name not in names:
                 names.append(name)
             mask |= ((cands.channels[:, :quota].long() >> bit) & 1) << names.index(name)
+        reciprocal_rank = (1.0 / torch.arange(1, top_items.shape[1] + 1, dtype=torch.float32)).expand_as(top_scores)
         if normalise == "rank":
-            ranks = torch.arange(top_items.shape[1], dtype=torch.float32)
-            top_scores = (1.0 / (ranks + 1.0)).expand_as(top_scores)
+            top_scores = reciprocal_rank
+        # An already merged input brings its own per-channel evidence; a plain channel has one column.
+        own = cands.channel_scores[:, :quota] if cands.channel_scores is not None else reciprocal_rank.unsqueeze(-1)
+        evidence.append((own, [names.index(name) for name in own_names]))
         items.append(top_items)
         scores.append(top_scores)
         masks.append(mask)
@@ -82,6 +86,15 @@ def merge_candidates(channel_candidates: dict[str, Candidates], quotas: dict[str
     best = torch.full((count,), float("-inf")).scatter_reduce(0, inverse, scores[valid], "amax")
     first = torch.full((count,), items.shape[1], dtype=torch.long).scatter_reduce(
         0, inverse, position[valid], "amin")
+    # Each channel's evidence in the union's columns, [B, sum quotas, C]; then the best per merged item.
+    spread = []
+    for own, columns in evidence:
+        block = torch.zeros(*own.shape[:2], len(names))
+        block[..., columns] = own
+        spread.append(block)
+    entry_evidence = torch.cat(spread, 1)[valid]  # [V, C]
+    merged_evidence = torch.zeros(count, len(names)).scatter_reduce(
+        0, inverse.unsqueeze(1).expand_as(entry_evidence), entry_evidence, "amax")
     merged_mask = torch.zeros(count, dtype=torch.long)
     for bit in range(len(names)):  # OR of tags, one bit at a time (no scatter-or in torch)
         hit = torch.zeros(count, dtype=torch.long).scatter_reduce(0, inverse, (masks[valid] >> bit) & 1, "amax")
@@ -99,11 +112,13 @@ def merge_candidates(channel_candidates: dict[str, Candidates], quotas: dict[str
     out_items = torch.zeros((batch, k_total), dtype=torch.long)
     out_scores = torch.full((batch, k_total), float("-inf"))
     out_masks = torch.zeros((batch, k_total), dtype=torch.long)
+    out_evidence = torch.zeros((batch, k_total, len(names)))
     target_rows, target_cols, kept = sorted_rows[keep], rank[keep], order[keep]
     out_items[target_rows, target_cols] = unique_keys[kept] % width
     out_scores[target_rows, target_cols] = best[kept]
     out_masks[target_rows, target_cols] = merged_mask[kept]
-    return Candidates(out_items, out_scores, out_masks, names)
+    out_evidence[target_rows, target_cols] = merged_evidence[kept]
+    return Candidates(out_items, out_scores, out_masks, names, out_evidence)
 
 
 def _hit_columns(items: torch.Tensor, targets: Jagged) -> torch.Tensor:

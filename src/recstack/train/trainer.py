@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from recstack.config import from_dict, to_dict
 from recstack.errors import ConfigError, DataError
+from recstack.progress import progress_bar
 from recstack.train.batches import BatchSource, TensorBatchSource, move_to_device
 from recstack.train.checkpoint import (BEST, LAST, find_checkpoint, read_checkpoint, read_json, read_weights,
                                       write_best, write_checkpoint)
@@ -155,7 +156,7 @@ class Trainer:
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.mixed_precision and self.device.type == "cuda"
                     else contextlib.nullcontext())
         batches = iter(self.train_data.batches(epoch, self.dist.rank, self.dist.world_size))
-        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", dynamic_ncols=True,
+        bar = progress_bar(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", dynamic_ncols=True,
                    disable=not (cfg.progress and self.dist.is_main))
         sums: dict[str, torch.Tensor] = {}
         lr = cfg.lr
