@@ -29,6 +29,8 @@ add_plugin_modules("retriever", [
     "recstack.retrieval.two_tower",
     "recstack.retrieval.sequential.sasrec",
     "recstack.retrieval.sequential.hstu",
+    "recstack.retrieval.generative.tiger",
+    "recstack.retrieval.generative.onemall",
 ])
 
 
