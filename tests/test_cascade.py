@@ -2,12 +2,14 @@ import json
 
 import pytest
 import torch
+import polars as pl
 import yaml
 from typer.testing import CliRunner
 
 from recstack.cascade import Cascade, RunConfig
 from recstack.cli.main import app
 from recstack.config import from_dict
+from recstack.data.dataset import Dataset
 from recstack.data.prepare import prepare
 from recstack.errors import ConfigError, DataError
 from recstack.world import World, WorldConfig
@@ -165,3 +167,15 @@ def test_impression_logs_feed_retrieval_only_their_clicks(tmp_path):
     assert metrics["users"] == view.eval_users("test")[0].numel()
     with pytest.raises(DataError, match="no label column 'nope'"):
         logs.positives("nope")
+
+
+def test_positive_only_logs_keep_every_row_for_retrieval(world_dataset):
+    # a MovieLens-like log: rating, a derived like that varies, and view = 1 everywhere
+    frame = world_dataset.interactions
+    ratings = (frame["item"] % 5 + 1).cast(pl.Int8)
+    logged = Dataset(world_dataset.name, frame.with_columns(rating=ratings, like=(ratings >= 4).cast(pl.Int8),
+                                                            view=pl.lit(1, pl.Int8)),
+                     world_dataset.items, world_dataset.users, {**world_dataset.meta,
+                                                                "labels": ["rating", "like", "view"]})
+    assert logged.binary_labels() == ["like", "view"] and not logged.is_impression_log()
+    assert Cascade(config()).retrieval_view(logged) is logged

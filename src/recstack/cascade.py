@@ -112,7 +112,7 @@ class Cascade:
         """The rows retrieval sees (see RunConfig.retrieval_label); the ranker keeps the whole log."""
         label = self.config.retrieval_label
         if label == "auto":
-            label = dataset.labels[0] if dataset.labels and dataset.is_impression_log() else None
+            label = dataset.binary_labels()[0] if dataset.is_impression_log() else None
         return dataset.positives(label) if label else dataset
 
     # ---- training -------------------------------------------------------------------------------

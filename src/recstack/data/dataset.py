@@ -58,9 +58,21 @@ class Dataset:
         return list(self.meta.get("text_fields", []))
 
     # ---- views --------------------------------------------------------------------------------
+    def binary_labels(self) -> list[str]:
+        """Label columns whose values are all 0/1 (click, like, view; not rating), in meta order."""
+        out = []
+        for name in self.labels:
+            column = self.interactions[name] if name in self.interactions.columns else None
+            if column is not None and column.dtype.is_numeric() and not column.null_count() and \
+                    bool(column.cast(pl.Float64).is_in([0.0, 1.0]).all()):
+                out.append(name)
+        return out
+
     def is_impression_log(self) -> bool:
-        """True when some label column holds a 0: rows are impressions, not all of them consumed."""
-        return any(self.interactions[name].min() == 0 for name in self.labels if name in self.interactions.columns)
+        """True when rows are impressions: binary labels exist and none is 1 on every row. A log with an
+        always-1 label (MovieLens/Amazon `view`) is positive-only, even if a derived label (like) varies."""
+        labels = self.binary_labels()
+        return bool(labels) and all(self.interactions[name].min() == 0 for name in labels)
 
     def positives(self, label: str) -> "Dataset":
         """The same dataset restricted to rows with `label` == 1 (e.g. clicks of an impression log).
