@@ -8,10 +8,12 @@
 A ranker subclass supplies a config dataclass (extending RankerConfig) and `build_model(schema)`,
 a `RankingModel`: an nn.Module with a `FeatureEncoder` at `.features` and
 `forward(inputs) -> {task: logits [N]}` over flat inputs (users, items [N], history [N, T], scenario
-[N]). The base class builds the samples (ranking/samples.py) and features (ranking/features.py),
-trains with the shared Trainer (early stopping on valid AUC), scores candidate grids in chunks of
-`score_rows` (user, item) pairs, and saves config.json + model.safetensors (schema, vocabularies and
-training history inside config.json; no pickle).
+[N]; when the data has them request_time [N], history_time and history_event [N, T]; with
+`aggregate_users` the group inputs: see ranking/samples.py). The base class builds the samples
+(ranking/samples.py) and features (ranking/features.py), trains with the shared Trainer (early
+stopping on valid AUC), scores candidate grids in chunks of `score_rows` (user, item) pairs, and
+saves config.json + model.safetensors (schema, vocabularies and training history inside config.json;
+no pickle).
 """
 
 from __future__ import annotations
@@ -41,6 +43,12 @@ from recstack.train import (CallableBatchSource, Trainer, TrainConfig, TrainResu
 
 add_plugin_modules("ranker", [
     "recstack.ranking.models.dcn_din_mmoe",
+    "recstack.ranking.models.mtfm",
+    "recstack.ranking.models.hstu_ranker",
+    "recstack.ranking.models.rankmixer",
+    "recstack.ranking.models.tokenmixer_large",
+    "recstack.ranking.models.kunlun",
+    "recstack.ranking.models.onepiece",
 ])
 
 
@@ -61,6 +69,12 @@ class RankerConfig:
     device: str = "cpu"
     score_rows: int = 16384            # (user, item) pairs per forward pass in score / evaluation
     train: TrainConfig = field(default_factory=_ranker_train)
+    # User-level multi-scenario aggregation (MTFM / MTGR): a training batch holds whole groups = a user's
+    # samples whose request times share a window of `aggregate_window` seconds, across scenarios, and the
+    # inputs carry the group inputs (one history per group, ranking/samples.py); scoring makes each
+    # user's K candidates one group. Only models that read "group" encode the history once per group.
+    aggregate_users: bool = False
+    aggregate_window: float = 86400.0
 
 
 class RankingModel(nn.Module):
@@ -87,6 +101,8 @@ class Ranker:
         self.tasks: list[str] = []
         self.history_label: str | None = None
         self.positive_only = False
+        self.event_labels: list[str] = []     # funnel order of history_event codes (ranking/samples.py)
+        self.time_scale: float | None = None  # seconds per timestamp unit; None = no time inputs
         self.train_result: TrainResult | None = None
 
     def build_model(self, schema: FeatureSchema) -> RankingModel:
@@ -102,6 +118,9 @@ class Ranker:
         cfg = self.config
         builder = SampleBuilder(dataset, cfg.samples)
         self.tasks, self.history_label, self.positive_only = builder.tasks, builder.history_label, builder.positive_only
+        self.event_labels, self.time_scale = list(builder.event_labels), builder.time_scale
+        if cfg.aggregate_users and not cfg.aggregate_window > 0:
+            raise ConfigError(f"aggregate_window must be > 0 seconds, got {cfg.aggregate_window!r}")
         unknown = sorted(set(cfg.task_weights) - set(self.tasks))
         if unknown:
             raise ConfigError(f"task_weights: {unknown[0]!r} is not a task of {dataset.name}; "
@@ -125,21 +144,32 @@ class Ranker:
         self.train_result = trainer.fit()
         return self
 
+    @property
+    def group_window(self) -> float | None:
+        """Seconds of the user-level aggregation window, or None without aggregation."""
+        return self.config.aggregate_window if self.config.aggregate_users else None
+
     def _train_source(self, builder: SampleBuilder, train: Samples,
                       candidates: Candidates | None) -> CallableBatchSource:
-        cfg, max_history = self.config, self.config.samples.max_history
+        cfg, max_history, window = self.config, self.config.samples.max_history, self.group_window
         n = cfg.samples.negatives_per_positive
-        if not (builder.positive_only and n > 0):
-            return CallableBatchSource(len(train), lambda rows: train.inputs(max_history, rows),
-                                       cfg.train.batch_size, shuffle=True, seed=cfg.train.seed)
-        consumed = builder.consumed_keys(builder.split == TRAIN)
-        pool = builder.candidate_pool(candidates, None, consumed)
+        collate: Any = lambda rows: train.inputs(max_history, rows, window)  # noqa: E731
+        rows_per_batch = cfg.train.batch_size
+        if builder.positive_only and n > 0:
+            consumed = builder.consumed_keys(builder.split == TRAIN)
+            pool = builder.candidate_pool(candidates, None, consumed)
+            rows_per_batch = max(1, cfg.train.batch_size // (1 + n))
 
-        def collate(rows: torch.Tensor) -> dict[str, Any]:  # fresh negatives every batch
-            return builder.with_negatives(train.select(rows), n, consumed, pool).inputs(max_history)
+            def collate(rows: torch.Tensor) -> dict[str, Any]:  # fresh negatives every batch
+                return builder.with_negatives(train.select(rows), n, consumed, pool).inputs(max_history,
+                                                                                          group_window=window)
 
-        return CallableBatchSource(len(train), collate, max(1, cfg.train.batch_size // (1 + n)), shuffle=True,
-                                   seed=cfg.train.seed)
+        if window is None:
+            return CallableBatchSource(len(train), collate, rows_per_batch, shuffle=True, seed=cfg.train.seed)
+        groups = train.group_rows(window)  # batches of whole groups, about rows_per_batch rows each
+        per_batch = max(1, round(rows_per_batch * groups.num_rows / len(train)))
+        return CallableBatchSource(groups.num_rows, lambda g: collate(groups.select(g).values), per_batch,
+                                   shuffle=True, seed=cfg.train.seed)
 
     # ---- inference ----------------------------------------------------------------------------------
     def _require_model(self) -> RankingModel:
@@ -158,20 +188,48 @@ class Ranker:
 
     def evaluate_samples(self, samples: Samples) -> dict[str, float]:
         chunk, max_history = self.config.score_rows, self.config.samples.max_history
-        parts = [self.predict(samples.inputs(max_history, torch.arange(s, min(s + chunk, len(samples)))))
+        parts = [self.predict(samples.inputs(max_history, torch.arange(s, min(s + chunk, len(samples))),
+                                             self.group_window))
                  for s in range(0, len(samples), chunk)]
         probs = {t: torch.cat([p[t] for p in parts]) for t in self.tasks}
         return pointwise_metrics(samples.labels, probs, samples.users)
 
     def history_grid(self, batch: UserBatch) -> torch.Tensor:
         """[B, max_history] right-aligned history ids; only `history_label` events when the batch carries that label."""
-        history = batch.history
-        label = self.history_label
-        if label is not None and label in batch.history_features:
-            keep = batch.history_features[label].reshape(-1) == 1
-            lengths = torch.bincount(history.row_ids()[keep], minlength=history.num_rows)
-            history = Jagged.from_lengths(history.values[keep], lengths)
-        return history.to_padded(self.config.samples.max_history, align="right").long()
+        return self.history_inputs(batch)["history"]
+
+    def history_inputs(self, batch: UserBatch) -> dict[str, torch.Tensor]:
+        """Per user: history [B, T] as `history_grid`; when the ranker was fitted with them and the batch
+        carries "timestamp": request_time [B] (batch.time, else one unit after the user's latest event) and history_time
+        [B, T]; history_event [B, T] from the label features the batch carries (a missing `history_label`
+        counts as positive: history events are its positives)."""
+        history, label, feats, t = batch.history, self.history_label, batch.history_features, \
+            self.config.samples.max_history
+        keep = feats[label].reshape(-1) == 1 if label is not None and label in feats else None
+        rows = history.row_ids()
+        lengths = history.lengths() if keep is None else torch.bincount(rows[keep], minlength=history.num_rows)
+
+        def padded(values: torch.Tensor) -> torch.Tensor:
+            return Jagged.from_lengths(values if keep is None else values[keep], lengths).to_padded(t, align="right")
+
+        valid = torch.arange(t) >= t - lengths.clamp(max=t).unsqueeze(1)
+        out = {"history": padded(history.values).long()}
+        if self.time_scale is not None and "timestamp" in feats:
+            stamps = feats["timestamp"].reshape(-1).long()
+            now = batch.time.long() if batch.time is not None else 1 + torch.zeros(history.num_rows, dtype=torch.long) \
+                .scatter_reduce(0, rows, stamps, "amax", include_self=False)  # the request follows the events
+            age = (now.unsqueeze(1) - padded(stamps)).clamp(min=0).double() * self.time_scale
+            out["request_time"] = now.double() * self.time_scale
+            out["history_time"] = age.float().masked_fill(~valid, 0.0)
+        if self.event_labels:
+            codes = torch.ones(history.values.shape[0], dtype=torch.long)
+            for j, name in enumerate(self.event_labels):  # a loop over the few labels; deeper ones overwrite
+                if name in feats:
+                    codes = torch.where(feats[name].reshape(-1) == 1, 2 + j, codes)
+                elif name == label:
+                    codes.fill_(2 + j)  # the batch has no label column: every event counts as a history event
+            out["history_event"] = padded(codes).masked_fill(~valid, 0)
+        return out
 
     def score(self, batch: UserBatch, candidates: Candidates) -> dict[str, torch.Tensor]:
         """{task: probabilities [B, K]} for candidates.items [B, K]; empty slots (item 0) get 0."""
@@ -181,13 +239,22 @@ class Ranker:
         out = {t: torch.zeros(b, k) for t in self.tasks}
         if b == 0 or k == 0:
             return out
-        history = self.history_grid(batch)
+        per_user = self.history_inputs(batch)
         step = max(1, self.config.score_rows // k)
         for start in range(0, b, step):  # chunks of users: each forward pass sees <= score_rows pairs
             stop = min(start + step, b)
             inputs = {"users": batch.users[start:stop].long().repeat_interleave(k),
                       "items": items[start:stop].reshape(-1),
-                      "history": history[start:stop].repeat_interleave(k, dim=0)}
+                      **{key: value[start:stop].repeat_interleave(k, dim=0) for key, value in per_user.items()}}
+            if self.group_window is not None:  # each user's K candidates form one group
+                inputs["group"] = torch.arange(stop - start).repeat_interleave(k)
+                inputs["group_offset"] = torch.zeros((stop - start) * k)
+                inputs.update({f"group_{key}": per_user[key][start:stop]
+                               for key in ("history", "history_time", "history_event") if key in per_user})
+                if "group_history_time" not in inputs:  # no timestamps: the age in steps (T - column)
+                    grid = inputs["group_history"]
+                    steps = torch.arange(grid.shape[1], 0, -1, dtype=torch.float32)
+                    inputs["group_history_time"] = steps.expand(grid.shape).masked_fill(grid == 0, 0.0)
             if batch.scenario is not None:
                 inputs["scenario"] = (batch.scenario[start:stop].long() + 1).repeat_interleave(k)
             empty = items[start:stop] == 0
@@ -204,6 +271,7 @@ class Ranker:
         save_weights(model, path / "model.safetensors")
         meta = {"name": self.name, "config": to_dict(self.config), "tasks": self.tasks,
                 "history_label": self.history_label, "positive_only": self.positive_only,
+                "event_labels": self.event_labels, "time_scale": self.time_scale,
                 "schema": self.schema.to_json() if self.schema else None,
                 "train_result": to_dict(self.train_result) if self.train_result is not None else None}
         tmp = path / "config.json.tmp"
@@ -217,6 +285,7 @@ class Ranker:
         ranker = entry.cls(config)
         ranker.tasks, ranker.history_label = list(meta["tasks"]), meta.get("history_label")
         ranker.positive_only = bool(meta.get("positive_only", False))
+        ranker.event_labels, ranker.time_scale = list(meta.get("event_labels", [])), meta.get("time_scale")
         ranker.schema = FeatureSchema.from_json(meta["schema"])
         ranker.model = ranker.build_model(ranker.schema)
         load_weights(ranker.model, path / "model.safetensors")
