@@ -195,9 +195,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print("TEST " + " ".join(f"{k}={v:.4f}" for k, v in result["test"].items()))
     print(f"target {target} met: {result['meets_target']}; {result['seconds']}; decode {result['decode']}")
     if not args.no_write:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        with RESULTS.open("a") as f:
-            f.write(json.dumps(result) + "\n")
+        helpers.append_jsonl(RESULTS, result)
     return result
 
 

@@ -128,9 +128,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "command": "python benchmarks/generative_flops.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "data": args.dataset or "synthetic", "overrides": overrides, "batch": args.batch, "rows": rows}
     if not args.no_write:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        with RESULTS.open("a") as f:
-            f.write(json.dumps(result) + "\n")
+        helpers.append_jsonl(RESULTS, result)
     return result
 
 

@@ -26,7 +26,7 @@ from recstack.eval.evaluator import evaluate_retriever
 from recstack.registry import build
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sequential import DATA_ROOT, RESULTS, SOURCES, load_dataset  # noqa: E402  (RESULTS: sequential.jsonl)
+from sequential import DATA_ROOT, RESULTS, SOURCES, append_jsonl, load_dataset  # noqa: E402  (RESULTS: sequential.jsonl)
 
 CHANNELS = ("popular", "itemcf", "swing")
 
@@ -60,9 +60,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         print(json.dumps({k: record[k] for k in ("channel", "fit_seconds", "test")}), flush=True)
         records.append(record)
     if not args.no_write:
-        with open(RESULTS.with_name("i2i.jsonl"), "a") as out:
-            for record in records:
-                out.write(json.dumps(record) + "\n")
+        for record in records:
+            append_jsonl(RESULTS.with_name("i2i.jsonl"), record)
     return records
 
 

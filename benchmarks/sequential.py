@@ -71,6 +71,13 @@ def load_dataset(name: str, data_dir: Path) -> Dataset:
     return prepare(raw, PrepareConfig(split="leave_one_out"), name=name)
 
 
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line to a results file (benchmarks/ scripts share this)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as out:
+        out.write(json.dumps(record) + "\n")
+
+
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """["a=1", "train.lr=2e-3"] -> {"a": 1, "train": {"lr": 0.002}} (values parsed as YAML)."""
     spec: dict[str, Any] = {}
@@ -181,9 +188,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"target {result['target']} met: {result['meets_target']}; "
           f"{result['seconds']['train_per_epoch']}s/epoch, {result['seconds']['total']}s total")
     if not args.no_write:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        with RESULTS.open("a") as f:
-            f.write(json.dumps(result) + "\n")
+        append_jsonl(RESULTS, result)
     return result
 
 

@@ -12,12 +12,12 @@ from recstack.data.dataset import TRAIN
 from recstack.data.prepare import PrepareConfig, prepare
 from recstack.data.tables import RawTables
 from recstack.errors import ConfigError
-from recstack.eval.pointwise import auc
 from recstack.ranking.base import Ranker, evaluate_ranker
 from recstack.ranking.features import FeatureConfig, FeatureEncoder, build_schema
 from recstack.ranking.samples import SampleBuilder, SampleConfig, gather_history
 from recstack.registry import build
 from tests.helpers import make_raw
+from tests.ranking.ranker_checks import overfit_aucs
 
 TINY_TRAIN = {"epochs": 6, "batch_size": 256, "lr": 1e-2, "patience": 0, "progress": False, "seed": 0}
 
@@ -145,17 +145,7 @@ def test_tiny_model_overfits_tiny_batch(planted):
     model = ranker.build_model(schema)
     model.features.set_tables(tables)
     inputs = builder.train_samples().inputs(8, torch.arange(64))
-    inputs["labels"] = {t: (torch.rand(64) < 0.5).float() for t in ranker.tasks}  # arbitrary labels to memorise
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(150):
-        loss = model.loss(inputs)["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
-    with torch.no_grad():
-        logits = model(inputs)
-    assert all(auc(inputs["labels"][t], logits[t]) > 0.99 for t in ranker.tasks)
+    assert all(a > 0.99 for a in overfit_aucs(model, inputs, steps=150, lr=1e-2))  # arbitrary labels memorised
 
 
 def test_ranker_learns_planted_signal_and_round_trips(planted, tmp_path):

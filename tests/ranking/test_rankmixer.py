@@ -8,11 +8,11 @@ import torch
 from recstack.data.batch import Candidates
 from recstack.data.prepare import PrepareConfig, prepare
 from recstack.errors import ConfigError
-from recstack.eval.pointwise import auc
 from recstack.ranking.base import Ranker
 from recstack.ranking.features import build_schema
 from recstack.ranking.samples import SampleBuilder
 from recstack.registry import build
+from tests.ranking.ranker_checks import overfit_aucs
 from tests.ranking.test_ranker import TINY_TRAIN, planted_world
 
 
@@ -40,17 +40,7 @@ def model_and_inputs(ranker, dataset, rows: int = 32):
 
 
 def overfits(model, inputs, steps: int = 40) -> bool:
-    inputs = dict(inputs, labels={t: (torch.rand(inputs["users"].numel()) < 0.5).float() for t in model.tasks})
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(steps):
-        loss = model.loss(inputs)["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
-    with torch.no_grad():
-        logits = model(inputs)
-    return all(auc(inputs["labels"][t], logits[t]) > 0.99 for t in model.tasks)
+    return all(a > 0.99 for a in overfit_aucs(model, inputs, steps, lr=1e-2))
 
 
 def round_trip_scores(ranker, dataset, tmp_path) -> None:
