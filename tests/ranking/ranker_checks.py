@@ -127,3 +127,17 @@ def check_cascade(dataset, spec: dict, tmp_path) -> None:
     page = cascade.recommend(batch, k=5)
     assert page.items.shape == (10, 5) and (page.items > 0).all()
     assert torch.equal(Cascade.load(tmp_path / "run").recommend(batch, k=5).items, page.items)
+
+
+def unfitted_model(ranker, dataset):
+    """(an unfitted model of `ranker` for `dataset` with its feature tables set, the SampleBuilder)."""
+    from recstack.ranking.features import build_schema
+    from recstack.ranking.samples import SampleBuilder
+
+    builder = SampleBuilder(dataset, ranker.config.samples)
+    ranker.tasks = builder.tasks
+    schema, tables = build_schema(dataset, ranker.config.features)
+    torch.manual_seed(0)
+    model = ranker.build_model(schema)
+    model.features.set_tables(tables)
+    return model, builder

@@ -12,11 +12,9 @@ from recstack.data.batch import Candidates
 from recstack.data.prepare import PrepareConfig, prepare
 from recstack.errors import ConfigError
 from recstack.ranking.base import Ranker
-from recstack.ranking.features import build_schema
-from recstack.ranking.samples import SampleBuilder
 from recstack.registry import build
 from recstack.world import World, WorldConfig
-from tests.ranking.ranker_checks import overfit_aucs
+from tests.ranking.ranker_checks import overfit_aucs, unfitted_model
 from tests.ranking.test_ranker import planted_world
 
 TINY = {"name": "kunlun", "features": {"dim": 8}, "samples": {"max_history": 12}, "dim": 16, "layers": 3,
@@ -37,13 +35,7 @@ def planted():
 
 
 def model_and_inputs(dataset, rows: int = 32, **overrides):
-    ranker = build("ranker", {**TINY, **overrides})
-    builder = SampleBuilder(dataset, ranker.config.samples)
-    ranker.tasks = builder.tasks
-    schema, tables = build_schema(dataset, ranker.config.features)
-    torch.manual_seed(0)
-    model = ranker.build_model(schema)
-    model.features.set_tables(tables)
+    model, builder = unfitted_model(build("ranker", {**TINY, **overrides}), dataset)
     samples = builder.train_samples()
     return model, samples.inputs(12, torch.linspace(0, len(samples) - 1, rows).long())  # rows of many users
 

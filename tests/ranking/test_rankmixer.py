@@ -9,10 +9,8 @@ from recstack.data.batch import Candidates
 from recstack.data.prepare import PrepareConfig, prepare
 from recstack.errors import ConfigError
 from recstack.ranking.base import Ranker
-from recstack.ranking.features import build_schema
-from recstack.ranking.samples import SampleBuilder
 from recstack.registry import build
-from tests.ranking.ranker_checks import overfit_aucs
+from tests.ranking.ranker_checks import overfit_aucs, unfitted_model
 from tests.ranking.test_ranker import TINY_TRAIN, planted_world
 
 
@@ -30,12 +28,7 @@ def tiny(name: str, **overrides):
 
 def model_and_inputs(ranker, dataset, rows: int = 32):
     """An unfitted model of `ranker` for `dataset` and the inputs of its first `rows` train samples."""
-    builder = SampleBuilder(dataset, ranker.config.samples)
-    ranker.tasks = builder.tasks
-    schema, tables = build_schema(dataset, ranker.config.features)
-    torch.manual_seed(0)
-    model = ranker.build_model(schema)
-    model.features.set_tables(tables)
+    model, builder = unfitted_model(ranker, dataset)
     return model, builder.train_samples().inputs(ranker.config.samples.max_history, torch.arange(rows))
 
 

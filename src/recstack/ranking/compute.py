@@ -32,6 +32,8 @@ current torch thread count. (For reference, a spec-sheet fp32 peak for one Zen 4
 
 from __future__ import annotations
 
+import contextlib
+
 import copy
 import time
 from dataclasses import dataclass, field
@@ -120,17 +122,24 @@ def _scalar_loss(model: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
     return out["loss"] if isinstance(out, dict) else out
 
 
-def forward_flops(model: nn.Module, inputs: dict[str, Any]) -> tuple[float, dict[str, float]]:
-    """(forward FLOPs per sample, per top-level child module) of a scoring pass over `inputs` [N, ...]."""
-    n = batch_size_of(inputs)
-    features = {k: v for k, v in inputs.items() if k != "labels"}
+@contextlib.contextmanager
+def _scoring(model: nn.Module):
+    """Eval mode and no grad for a scoring pass; the model's training flag is restored afterwards."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            total, by_module = count_flops(lambda: model(features))
+            yield
     finally:
         model.train(was_training)
+
+
+def forward_flops(model: nn.Module, inputs: dict[str, Any]) -> tuple[float, dict[str, float]]:
+    """(forward FLOPs per sample, per top-level child module) of a scoring pass over `inputs` [N, ...]."""
+    n = batch_size_of(inputs)
+    features = {k: v for k, v in inputs.items() if k != "labels"}
+    with _scoring(model):
+        total, by_module = count_flops(lambda: model(features))
     return total / n, _per_child(model, by_module, n)
 
 
@@ -228,13 +237,8 @@ def score_throughput(model: nn.Module, inputs: dict[str, Any], steps: int = 3, w
     """Samples/s of scoring passes (eval mode, no grad)."""
     n = batch_size_of(inputs)
     features = {k: v for k, v in inputs.items() if k != "labels"}
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            seconds = _timed(lambda: model(features), warmup, steps)
-    finally:
-        model.train(was_training)
+    with _scoring(model):
+        seconds = _timed(lambda: model(features), warmup, steps)
     return n * steps / max(seconds, 1e-9)
 
 
