@@ -6,7 +6,7 @@
 
 Counts the forward FLOPs of `model.loss(batch)` (context encoding + teacher-forced decoder + code heads +
 contrastive head) with torch.utils.flop_counter.FlopCounterMode, 2 FLOPs per multiply-add, matmuls and
-attention only (`onemall.flops_per_sample`, which also counts CPU fused attention). "Without Query-Former"
+attention only (`generative.compute.flops_per_sample`, which also counts CPU fused attention). "Without Query-Former"
 is query_former=False: every decoder layer projects and attends over the full behaviour sequences instead
 of behaviours x num_queries summaries. For each variant also: parameters (total / activated per token:
 MoE counts its top-k experts) and the wall time of one training step (forward + backward) on the batch.
@@ -50,7 +50,9 @@ def synthetic_batch(b: int, t: int, sizes: list[int], num_items: int, seed: int)
 
 def measure(config_spec: dict[str, Any], shape, event_names: list[str], batch: dict[str, torch.Tensor]) -> dict:
     from recstack.config import from_dict
-    from recstack.retrieval.generative.onemall import OneMall, OneMallConfig, flops_per_sample, resolve_behaviours
+    from recstack.retrieval.generative.behaviours import resolve_behaviours
+    from recstack.retrieval.generative.compute import flops_per_sample
+    from recstack.retrieval.generative.onemall import OneMall, OneMallConfig
 
     config = from_dict(OneMallConfig, config_spec, "onemall")
     torch.manual_seed(0)
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         from recstack.retrieval.generative.base import load_semantic_ids
         from recstack.retrieval.generative.data import GenerativeData
 
-        from recstack.retrieval.generative.onemall import default_behaviours
+        from recstack.retrieval.generative.behaviours import default_behaviours
 
         dataset = helpers.load_dataset(args.dataset, args.data_dir or Path("/work/shared/data") / args.dataset)
         overrides.setdefault("behaviours", default_behaviours(dataset, None))  # as OneMallRetriever.fit does

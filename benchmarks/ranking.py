@@ -297,13 +297,15 @@ def run_scale(config: RankingBenchConfig, dataset: Dataset, dataset_name: str, o
 
 
 # ---- table --------------------------------------------------------------------------------------------
-def markdown_table(records: list[dict[str, Any]], dataset: str, max_seen: int | None = None) -> str:
+def markdown_table(records: list[dict[str, Any]], dataset: str, max_seen: int | None = None,
+                   min_seen: int | None = None) -> str:
     """Latest benchmark record per model on `dataset` as a Markdown table (only runs that trained on at
-    most `max_seen` samples when given, e.g. to put reduced-budget runs side by side)."""
+    most `max_seen` / at least `min_seen` samples when given, e.g. to put runs of one budget side by side)."""
     latest: dict[str, dict[str, Any]] = {}  # label -> record; ablations (--set runs) get their own rows
     for r in records:
         if r.get("kind", "benchmark") == "benchmark" and r.get("dataset") == dataset and \
-                (max_seen is None or r["train_samples_seen"] <= max_seen):
+                (max_seen is None or r["train_samples_seen"] <= max_seen) and \
+                (min_seen is None or r["train_samples_seen"] >= min_seen):
             label = r.get("config", r["model"]) + (f" [{', '.join(r['set'])}]" if r.get("set") else "")
             latest[label] = r
     if not latest:
@@ -331,6 +333,39 @@ def markdown_table(records: list[dict[str, Any]], dataset: str, max_seen: int | 
     return "\n".join(lines)
 
 
+EXPECT_METRICS = {"world": ("click", "like", "purchase"), "ml-100k": ("like", "view")}
+EXPECT_HEADER = "# # # expect:"
+
+
+def update_expect(path: Path, records: list[dict[str, Any]]) -> str:
+    """Rewrite the `expect:` block of one config from its latest recorded run per dataset (no --set
+    overrides): value = the measured AUC / GAUC, tolerance 0.01 (0.02 for the rare purchase label).
+    Written to a temporary file, then renamed. Returns the new block."""
+    name = load_bench_config(path).name
+    lines = ["expect:"]
+    for dataset, tasks in EXPECT_METRICS.items():
+        runs = [r for r in records if r.get("kind", "benchmark") == "benchmark" and r.get("dataset") == dataset
+                and r.get("config", r.get("model")) == name and not r.get("set")]
+        if not runs:
+            continue
+        r = runs[-1]
+        stamp = f"{r['date'][:16]}Z, {r['train_samples_seen'] / 1e3:,.0f}k samples"
+        for task in tasks:
+            for metric in ("auc", "gauc"):
+                key = f"{task}/{metric}"
+                if key in r["test"]:
+                    tolerance = 0.02 if task == "purchase" else 0.01
+                    lines.append(f"  {dataset}/test/{key}: {{value: {r['test'][key]:.4f}, tolerance: {tolerance}}}"
+                                 f"   # {stamp}")
+    text = path.read_text()
+    head = text[:text.index("\nexpect:", text.index(EXPECT_HEADER)) + 1] if EXPECT_HEADER in text else text + "\n"
+    block = "\n".join(lines) + "\n"
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(head + block)
+    tmp.replace(path)
+    return block
+
+
 # ---- main ---------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -345,13 +380,21 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--no-write", action="store_true", help="do not append to benchmarks/results")
     parser.add_argument("--table", action="store_true", help="print the Markdown table of recorded results")
+    parser.add_argument("--min-seen", type=int, default=None,
+                        help="--table: only runs that trained on at least this many samples")
+    parser.add_argument("--update-expect", action="store_true",
+                        help="rewrite the expect: block of the --models configs from their latest recorded runs")
     parser.add_argument("--max-seen", type=int, default=None,
                         help="--table: only runs that trained on at most this many samples")
     parser.add_argument("--oracle", action="store_true",
                         help="world only: record the AUC/GAUC of the world's true probabilities (the ceiling)")
     args = parser.parse_args(argv)
     if args.table:
-        print(markdown_table(read_results(), args.dataset, args.max_seen))
+        print(markdown_table(read_results(), args.dataset, args.max_seen, args.min_seen))
+        return []
+    if args.update_expect:
+        for path in config_paths([m for m in args.models.split(",") if m] or None):
+            print(f"{path}:\n{update_expect(path, read_results())}")
         return []
 
     torch.set_num_threads(args.threads)

@@ -73,3 +73,22 @@ def test_markdown_table_has_one_row_per_config_and_ablation():
     assert lines[2].startswith("| a | 0.6200 / 0.6000 | 2.00M (1.00M) | 0.50M | 1.50M | 1,234 | 1.23% | 164k")
     assert lines[3].startswith("| a [layers=1] | 0.6000")
     assert "no ranking results" in markdown_table([], "world")
+
+
+def test_update_expect_rewrites_only_the_expect_block(tmp_path):
+    from benchmarks.ranking import update_expect
+
+    path = tmp_path / "x.yaml"
+    head = ("name: x\nranker: {name: dcn_din_mmoe}\n# # # expect: measured values, see benchmarks/ranking.py\n")
+    path.write_text(head + "expect:\n  world/test/click/auc: {value: 0.5, tolerance: 0.01}\n")
+    run = {"kind": "benchmark", "dataset": "world", "config": "x", "set": [], "date": "2026-11-30T13:00:00+00:00",
+           "train_samples_seen": 800_000, "test": {"click/auc": 0.61234, "click/gauc": 0.6, "purchase/auc": 0.7}}
+    ablation = {**run, "set": ["layers=1"], "test": {"click/auc": 0.9}}
+    update_expect(path, [run, ablation, {**run, "config": "other", "test": {"click/auc": 0.1}}])
+    text = path.read_text()
+    assert text.startswith(head) and "0.5," not in text
+    config = load_bench_config(path)
+    assert config.expect["world/test/click/auc"].value == 0.6123
+    assert config.expect["world/test/purchase/auc"].tolerance == 0.02
+    assert set(config.expect) == {"world/test/click/auc", "world/test/click/gauc", "world/test/purchase/auc"}
+    assert not list(tmp_path.glob("*.tmp"))

@@ -75,8 +75,9 @@ class EncoderLayer(nn.Module):
 class DecoderLayer(nn.Module):
     """Pre-LN: causal self-attention, cross-attention to memory, FFN, each with a residual.
 
-    forward(x [R, T, D], memory (keys, values) [U, H, S, E] from `memory_kv`, memory_mask [U, S] bool,
-            past (keys, values) [R, H, P, E] of the P earlier positions or None)
+    forward(x [R, T, D], memory (keys, values) [U, H, S, E] from `memory_kv`, memory_mask [U, S] bool
+            (or [U, (R/U)*T, S]: a mask per query, in the grouped order below), past (keys, values)
+            [R, H, P, E] of the P earlier positions or None)
         -> (y [R, T, D], present (keys, values) [R, H, P + T, E]).
     R may be a multiple of U (beam search): rows u*R/U .. (u+1)*R/U - 1 belong to memory row u, so the
     memory is never copied per beam (the queries of a user's beams are attended together).
@@ -107,5 +108,6 @@ class DecoderLayer(nn.Module):
         x = x + self.drop(self.self_attn(h, keys, values, causal))
         r, u = x.shape[0], memory[0].shape[0]
         grouped = self.norm2(x).reshape(u, (r // u) * t, -1)  # a user's beams share its memory
-        x = x + self.drop(self.cross_attn(grouped, *memory, memory_mask.unsqueeze(1)).reshape(r, t, -1))
+        per_query = memory_mask if memory_mask.dim() == 3 else memory_mask.unsqueeze(1)
+        x = x + self.drop(self.cross_attn(grouped, *memory, per_query).reshape(r, t, -1))
         return x + self.ffn(self.norm3(x)), (keys, values)

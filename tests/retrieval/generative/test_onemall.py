@@ -13,8 +13,9 @@ from recstack.registry import build
 from recstack.retrieval.base import Retriever
 from recstack.retrieval.generative.base import ModelShape
 from recstack.retrieval.generative.beam_search import beam_search
-from recstack.retrieval.generative.onemall import (OneMall, OneMallConfig, OneMallRetriever, default_behaviours,
-                                                   flops_per_sample, resolve_behaviours)
+from recstack.retrieval.generative.behaviours import default_behaviours, resolve_behaviours
+from recstack.retrieval.generative.compute import flops_per_sample
+from recstack.retrieval.generative.onemall import OneMall, OneMallConfig, OneMallRetriever
 from recstack.semantic_ids.semantic_ids import SemanticIds
 from recstack.train import TrainConfig
 

@@ -88,3 +88,50 @@ def test_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="semantic_ids"):
         build("retriever", {"name": "tiger", "semantic_ids": "/no/such/folder"}).fit(
             prepare(cycle_raw(num_users=3), PrepareConfig()))
+    with pytest.raises(ConfigError, match="encoder_attention"):
+        build("retriever", {"name": "tiger", "train_targets": "sequence"})
+
+
+def test_causal_encoder_reads_every_prefix_in_one_pass(cycle):
+    """train_targets 'sequence' (one pass per window) gives the loss of 'all' (one sample per prefix)."""
+    sids = random_sids(cycle.num_items)
+    config = TigerConfig(**{**SMALL, "max_len": 6, "encoder_attention": "causal"})
+    torch.manual_seed(0)
+    model = TigerModel(config, ModelShape(sids.codebook_sizes, cycle.num_items, cycle.num_users, 1)).eval()
+    per_window = GenerativeData(cycle, sids, 6, "sequence")
+    per_prefix = GenerativeData(cycle, sids, 6, "all")
+    # each user has 6 train items and a window holds 7: one window per user covers every prefix
+    assert per_window.num_samples == cycle.num_users and per_prefix.num_samples == 5 * cycle.num_users
+    batch = per_window.collate(torch.arange(per_window.num_samples))
+    targets = int((batch["target_items"] > 0).sum())
+    assert targets == per_prefix.num_samples
+    one_pass = model.loss(batch)["loss"] * batch["target_count"] / targets
+    prefixes = model.loss(per_prefix.collate(torch.arange(per_prefix.num_samples)))["loss"]
+    assert torch.allclose(one_pass, prefixes, atol=1e-5)
+    # a later item never changes what an earlier prefix sees
+    changed = {**batch, "history_codes": batch["history_codes"].clone()}
+    changed["history_codes"][:, -1, 0] = (changed["history_codes"][:, -1, 0] + 1) % 4  # level 0 has 4 codes
+    memory, mask = model.encode(batch)
+    memory2, _ = model.encode(changed)
+    assert torch.allclose(memory[:, :-sids.levels], memory2[:, :-sids.levels], atol=1e-6)
+    assert not torch.allclose(memory[:, -sids.levels:], memory2[:, -sids.levels:])
+
+
+def test_causal_tiger_learns_planted_next_item_from_windows(cycle, tmp_path):
+    sids = random_sids(cycle.num_items)
+    sids.save(tmp_path / "sid")
+    retriever = build("retriever", {"name": "tiger", **SMALL, "semantic_ids": str(tmp_path / "sid"),
+                                    "encoder_attention": "causal", "train_targets": "sequence",
+                                    "train": {"epochs": 60, "batch_size": 10, "lr": 1e-2, "eval_every": 60,
+                                              "patience": 0, "warmup_ratio": 0.0, "progress": False}})
+    retriever.fit(cycle)
+    test = retriever.evaluate(cycle, "test", ks=(1, 5))
+    assert test["recall@5"] >= 0.9, test
+
+
+def test_onemall_refuses_sequence_targets(cycle, tmp_path):
+    sids = random_sids(cycle.num_items)
+    sids.save(tmp_path / "sid")
+    with pytest.raises(ConfigError, match="sequence"):
+        build("retriever", {"name": "onemall", "semantic_ids": str(tmp_path / "sid"),
+                            "train_targets": "sequence"}).fit(cycle)

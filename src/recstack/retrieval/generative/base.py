@@ -84,6 +84,11 @@ class GenerativeModel(nn.Module):
         self.codebook_sizes = list(codebook_sizes)
 
     @property
+    def sequence_targets(self) -> bool:
+        """True when `loss` accepts train_targets="sequence" batches (a target per history column)."""
+        return False
+
+    @property
     def levels(self) -> int:
         return len(self.codebook_sizes)
 
@@ -128,7 +133,9 @@ class GenerativeConfig:
     sid_encoder / sid_quantizer: registry specs used when semantic_ids is None.
     max_len:        history items read per user (the most recent ones).
     train_targets:  "all" = one sample per train position (every prefix predicts its next item, the
-                    sliding-window augmentation of TIGER reproductions); "last" = the last train item only.
+                    sliding-window augmentation of TIGER reproductions); "last" = the last train item only;
+                    "sequence" = the same targets as "all", read in one pass per window of max_len items
+                    (only models that declare `sequence_targets`, e.g. TIGER with a causal encoder).
     event_labels:   label columns that define history_events (None = every binary label column).
     beam_size:      beams per user while decoding (at least k is used; see beam_search.py).
     use_cache:      KV cache during decoding (same beams, faster).
@@ -142,7 +149,7 @@ class GenerativeConfig:
     sid_quantizer: dict[str, Any] = field(default_factory=lambda: {"name": "rq_kmeans", "levels": 3,
                                                                    "codebook_size": 256})
     max_len: int = 20
-    train_targets: Literal["all", "last"] = "all"
+    train_targets: Literal["all", "last", "sequence"] = "all"
     event_labels: list[str] | None = None
     beam_size: int = 20
     use_cache: bool = True
@@ -156,8 +163,8 @@ class GenerativeConfig:
         for key in ("max_len", "beam_size", "eval_batch_size"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be > 0, got {getattr(self, key)!r}")
-        if self.train_targets not in ("all", "last"):
-            raise ConfigError(f"train_targets must be 'all' or 'last', got {self.train_targets!r}")
+        if self.train_targets not in ("all", "last", "sequence"):
+            raise ConfigError(f"train_targets must be 'all', 'last' or 'sequence', got {self.train_targets!r}")
         if self.eval_users is not None and self.eval_users <= 0:
             raise ConfigError(f"eval_users must be > 0 or null, got {self.eval_users!r}")
         for key in ("sid_encoder", "sid_quantizer"):
@@ -225,6 +232,9 @@ class GenerativeRetriever(Retriever):
                                 len(self.event_names) + 1)
         seed_everything(c.train.seed)
         self.model = self.build_model(self.shape)
+        if c.train_targets == "sequence" and not self.model.sequence_targets:
+            raise ConfigError(f"{self.name}: train_targets 'sequence' needs a model that reads every prefix in one "
+                              "pass (tiger with encoder_attention: causal); use 'all' or 'last'")
         users = data.eval_user_sample("valid", c.eval_users, c.train.seed)
         eval_seconds = [0.0]
 

@@ -4,7 +4,9 @@ Training samples reuse the sequential retrievers' TrainingWindows: a window is m
 consecutive train items of one user; its last item is the target and the others the history.
 train_targets="all" makes one window per train position (stride 1: every prefix predicts its next
 item, as TIGER reproductions augment the data); "last" makes one window per user (its last train
-item). Windows are gathered right-aligned in one vectorised call per batch, batches group windows of
+item); "sequence" makes windows of stride max_len whose every position is a target (for models with
+a causal history encoder, which read all prefixes of a window in one pass: then "target_items" is
+[B, T] and "target_codes" [B, T, C], target t = the item after history column t, 0 = no target). Windows are gathered right-aligned in one vectorised call per batch, batches group windows of
 similar length (LengthBucketedBatchSource), and codes come from one table lookup (SemanticIds.codes).
 
 Events (history_events): 0 = padding or a plain interaction. With label columns L_1..L_E (config
@@ -81,7 +83,9 @@ class GenerativeData:
         features = {c: torch.from_numpy(frame[c].to_numpy().copy()) for c in self.event_columns}
         self.events = event_codes(features, self.event_columns, items.values.numel())
         self.user_offsets = items.offsets  # row u of the Jagged = user u
-        self.windows = TrainingWindows(items, None, max_len, 1 if train_targets == "all" else None)
+        stride = {"all": 1, "last": None, "sequence": max_len}[train_targets]
+        self.sequence_targets = train_targets == "sequence"
+        self.windows = TrainingWindows(items, None, max_len, stride)
         self.items = self.windows.items
 
     @property
@@ -94,9 +98,16 @@ class GenerativeData:
         window = self.windows.gather(rows, self.items, width)  # [B, W], target in column W-1
         history = window[:, :-1]
         users = torch.searchsorted(self.user_offsets, self.windows.ends[rows] - 1, right=True) - 1
-        return {"history_items": history, "history_codes": self.sids.codes[history],
-                "history_mask": history > 0, "history_events": self.windows.gather(rows, self.events, width)[:, :-1],
-                "users": users, "target_items": window[:, -1], "target_codes": self.sids.codes[window[:, -1]]}
+        batch = {"history_items": history, "history_codes": self.sids.codes[history],
+                 "history_mask": history > 0, "history_events": self.windows.gather(rows, self.events, width)[:, :-1],
+                 "users": users}
+        if self.sequence_targets:  # every column predicts the next item; the first item of a window is no target
+            targets = window[:, 1:] * (history > 0)
+            batch.update(target_items=targets, target_codes=self.sids.codes[targets],
+                         target_count=torch.tensor(rows.numel() * self.windows.mean_targets))
+        else:
+            batch.update(target_items=window[:, -1], target_codes=self.sids.codes[window[:, -1]])
+        return batch
 
     def batch_source(self, batch_size: int, seed: int) -> LengthBucketedBatchSource:
         lengths = self.windows.ends - self.windows.starts

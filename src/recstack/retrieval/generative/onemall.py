@@ -26,7 +26,7 @@ Interpretations [I] (each a config flag):
 
 Compute: the Query-Former reads each behaviour once; every decoder layer then projects and attends over
 1 + behaviours x num_queries tokens instead of all history items, so the saving grows with history
-length and decoder depth (benchmarks/generative_flops.py; `flops_per_sample` below).
+length and decoder depth (benchmarks/generative_flops.py; `compute.flops_per_sample`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from recstack.data.dataset import Dataset
 from recstack.errors import ConfigError
@@ -48,7 +47,7 @@ from recstack.nn.transformer import DecoderLayer
 from recstack.registry import register
 from recstack.retrieval.generative.base import (DecodeState, GenerativeConfig, GenerativeModel, GenerativeRetriever,
                                                 ModelShape, reorder_state)
-from recstack.retrieval.generative.data import event_codes, event_features, event_names
+from recstack.retrieval.generative.behaviours import default_behaviours, pack, resolve_behaviours
 
 
 @dataclass
@@ -98,26 +97,6 @@ class OneMallConfig(GenerativeConfig):
             raise ConfigError("aux_loss_weight and contrastive_weight must be >= 0")
         if self.behaviours is not None and not self.behaviours:
             raise ConfigError("behaviours: give at least one sequence, or null for the default")
-
-
-def resolve_behaviours(spec: dict[str, list[str]] | None, event_names: list[str]) -> dict[str, list[int] | None]:
-    """{sequence name: event codes (None = every history item)}; unknown event names raise ConfigError."""
-    if spec is None:
-        return {"all": None, **{name: [code] for code, name in enumerate(event_names, 1)}}
-    out: dict[str, list[int] | None] = {}
-    for seq, names in spec.items():
-        unknown = [n for n in names if n != "*" and n not in event_names]
-        if unknown:
-            raise ConfigError(f"behaviours.{seq}: unknown events {unknown}; this dataset has {event_names or 'none'}")
-        out[seq] = None if "*" in names else [event_names.index(n) + 1 for n in names]
-    return out
-
-
-def pack(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keep the masked-in rows of x [B, T, D] right-aligned in order, trimmed to the longest row's count."""
-    n = max(int(mask.sum(1).max()), 1)
-    index = torch.argsort(mask.to(torch.int8), dim=1, stable=True)[:, -n:]  # False first: real items last
-    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1])), mask.gather(1, index)
 
 
 class OneMall(GenerativeModel):
@@ -229,17 +208,6 @@ class OneMall(GenerativeModel):
         return {"loss": loss, **out}
 
 
-def default_behaviours(dataset: Dataset, event_labels: list[str] | None) -> dict[str, list[str]]:
-    """"all" + one sequence per event that occurs in the interactions but not in all of them (an event on
-    every interaction, e.g. Amazon's constant "view" label, would only repeat the "all" sequence)."""
-    columns = event_features(dataset, event_labels)
-    names = event_names(dataset, columns)
-    frame = dataset.interactions
-    codes = event_codes({c: torch.from_numpy(frame[c].to_numpy().copy()) for c in columns}, columns, frame.height)
-    counts = torch.bincount(codes, minlength=len(names) + 1).tolist()
-    return {"all": ["*"], **{name: [name] for code, name in enumerate(names, 1) if 0 < counts[code] < frame.height}}
-
-
 @register("retriever", "onemall", config=OneMallConfig)
 class OneMallRetriever(GenerativeRetriever):
     """`behaviours` (config, or default_behaviours of the fitted dataset) is saved with the weights."""
@@ -264,15 +232,3 @@ class OneMallRetriever(GenerativeRetriever):
     def load_state(self, path: Path, meta: dict) -> None:
         self.behaviours = dict(meta["behaviours"]) if meta.get("behaviours") else self.config.behaviours
         super().load_state(path, meta)
-
-
-def flops_per_sample(model: nn.Module, batch: dict[str, torch.Tensor]) -> float:
-    """Forward FLOPs of `model.loss(batch)` per batch row (FlopCounterMode, + CPU fused attention, which it
-    does not count by itself). Grad mode stays on: FlopCounterMode's module hooks fail under no_grad."""
-    def attention(q, k, v, *_, **__):  # noqa: ANN001, ANN202  (shapes, as FlopCounterMode passes them)
-        return sdpa_flop_count(q, k, v)
-
-    sdpa = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: attention}
-    with FlopCounterMode(display=False, custom_mapping=sdpa) as counter:
-        model.loss(batch)
-    return counter.get_total_flops() / batch["history_items"].shape[0]

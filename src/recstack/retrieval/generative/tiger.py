@@ -16,6 +16,11 @@ Interpretations (config flags):
   a learned "start" token then keeps the memory non-empty).
 - training: AdamW + warm-up + cosine from the shared Trainer (the paper: Adagrad-style lr 0.01, inverse
   square-root decay, 200k steps); samples = every train prefix (`train_targets: "all"`).
+- encoder_attention: "bidirectional" (the paper) or "causal": a history token sees the tokens of its
+  own and earlier items only, so one encoder pass serves every prefix of a window and training reads
+  a window's targets together (`train_targets: "sequence"`, several times cheaper per epoch on CPU;
+  positions then count items from the oldest kept one, since "distance from the latest item" depends
+  on which prefix is read). Decoding is unchanged: the last item's prefix is the whole history.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ class TigerConfig(GenerativeConfig):
     user_buckets: int = 2000
     tie_embeddings: bool = True
     positions: Literal["learned", "none"] = "learned"
+    encoder_attention: Literal["bidirectional", "causal"] = "bidirectional"
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
@@ -58,6 +64,11 @@ class TigerConfig(GenerativeConfig):
             raise ConfigError(f"user_buckets must be >= 0, got {self.user_buckets!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.encoder_attention not in ("bidirectional", "causal"):
+            raise ConfigError(f"encoder_attention must be 'bidirectional' or 'causal', got {self.encoder_attention!r}")
+        if self.train_targets == "sequence" and self.encoder_attention != "causal":
+            raise ConfigError("train_targets 'sequence' reads every prefix from one encoder pass, which needs "
+                              "encoder_attention: causal")
 
 
 class TigerModel(GenerativeModel):
@@ -93,22 +104,49 @@ class TigerModel(GenerativeModel):
             return torch.zeros_like(users)
         return (users * 2654435761) % 2**32 % self.config.user_buckets  # Knuth's multiplicative hash
 
+    @property
+    def sequence_targets(self) -> bool:
+        return self.config.encoder_attention == "causal"
+
     def encode(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """-> memory [B, 1 + T*C, D], memory_mask [B, 1 + T*C] (the context token always valid)."""
         codes, valid = batch["history_codes"], batch["history_mask"]
         b, t, levels = codes.shape
+        causal = self.config.encoder_attention == "causal"
         x = self.tokens(codes + self.offsets) + self.level.weight  # [B, T, C, D]
         if self.config.positions == "learned":
-            x = x + self.distance(torch.arange(t - 1, -1, -1, device=codes.device).clamp_max(self.config.max_len - 1)
-                                  )[None, :, None]
+            if causal:  # items counted from the oldest kept one (padding sits on the left)
+                position = (valid.long().cumsum(1) - 1).clamp(0, self.config.max_len - 1)  # [B, T]
+            else:       # items back from the latest
+                position = torch.arange(t - 1, -1, -1, device=codes.device).clamp_max(self.config.max_len - 1)
+            x = x + self.distance(position).unsqueeze(-2)
         x = torch.cat([self.context(self.user_token(batch["users"]))[:, None], x.reshape(b, t * levels, -1)], 1)
         mask = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=codes.device),
                           valid.repeat_interleave(levels, 1)], 1)
         x = self.drop(x)
-        attend = mask[:, None, :]  # [B, 1, S] key mask; the context token keeps every query's row non-empty
+        # [B, 1 | S, S] key mask; the context token keeps every query's row non-empty
+        attend = mask[:, None, :] & self.item_causal_mask(t, codes.device) if causal else mask[:, None, :]
         for layer in self.encoder:
             x = layer(x, attend)
         return self.enc_norm(x), mask
+
+    def memory_items(self, t: int, device: torch.device) -> torch.Tensor:
+        """[S] history column of each memory token, S = 1 + T*C (the context token: -1)."""
+        return torch.cat([torch.tensor([-1], device=device), torch.arange(t, device=device).repeat_interleave(self.levels)])
+
+    def item_causal_mask(self, t: int, device: torch.device) -> torch.Tensor:
+        """[S, S] bool: query token q may see key k iff k's item is not later than q's (so every token sees
+        the context token, which as a query sees only itself)."""
+        item = self.memory_items(t, device)
+        return item[None, :] <= item[:, None]
+
+    def prefix_memory_mask(self, memory_mask: torch.Tensor) -> torch.Tensor:
+        """memory_mask [B, S] -> [B, T*C, S]: the C decoder queries of target t (the item after history
+        column t) see the context token and history items 0..t."""
+        t = (memory_mask.shape[1] - 1) // self.levels
+        visible = self.memory_items(t, memory_mask.device)[None, :] <= \
+            torch.arange(t, device=memory_mask.device)[:, None]  # [T, S]
+        return (memory_mask[:, None, :] & visible).repeat_interleave(self.levels, 1)
 
     # ---- decoder -----------------------------------------------------------------------------------
     def decoder_inputs(self, prefix: torch.Tensor, start: int) -> torch.Tensor:
@@ -132,14 +170,25 @@ class TigerModel(GenerativeModel):
 
     def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         memory, mask = self.encode(batch)
-        per_user = {"memory_kv": [layer.memory_kv(memory) for layer in self.decoder], "memory_mask": mask}
-        target = batch["target_codes"]  # [B, C]
-        hidden, _ = self.decode(self.decoder_inputs(target[:, :-1], 0), per_user, None)  # [B, C, D]
-        logits = hidden @ self.output.weight.T  # [B, C, V]; other levels' tokens masked below
+        target = batch["target_codes"]  # [B, C], or [B, T, C] with train_targets "sequence"
+        per_target = target.dim() == 3
+        if per_target:  # R = B*T rows: target t's decoder cross-attends to history items 0..t only
+            if not self.sequence_targets:
+                raise ConfigError("per-column targets (train_targets 'sequence') need encoder_attention: causal")
+            memory_mask, target = self.prefix_memory_mask(mask), target.reshape(-1, self.levels)
+        else:
+            memory_mask = mask
+        per_user = {"memory_kv": [layer.memory_kv(memory) for layer in self.decoder], "memory_mask": memory_mask}
+        hidden, _ = self.decode(self.decoder_inputs(target[:, :-1], 0), per_user, None)  # [R, C, D]
+        logits = hidden @ self.output.weight.T  # [R, C, V]; other levels' tokens masked below
         other = self.vocab_level[None, :] != torch.arange(self.levels, device=logits.device)[:, None]
         logits = logits.masked_fill(other, float("-inf"))
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), (target + self.offsets).reshape(-1))
-        return {"loss": loss * self.levels}  # summed over levels, averaged over rows
+        losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), (target + self.offsets).reshape(-1),
+                                 reduction="none").view(-1, self.levels).sum(1)  # [R] summed over levels
+        if per_target:  # sum over real targets / the expected count, as the sequential retrievers do
+            real = batch["target_items"].reshape(-1) > 0
+            return {"loss": (losses * real).sum() / batch["target_count"]}
+        return {"loss": losses.mean()}
 
     def begin(self, batch: dict[str, torch.Tensor]) -> DecodeState:
         memory, mask = self.encode(batch)
