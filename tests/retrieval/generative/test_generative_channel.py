@@ -51,6 +51,18 @@ def test_channel_fits_semantic_ids_and_returns_clean_lists(world_dataset):
     retriever.config.constrained = False
     retriever.retrieve(batch, 10)
     assert 0.0 <= retriever.last_decode["invalid_share"] <= 1.0
+    # evaluate() reports the user-weighted share over all its batches, not the last batch's
+    retriever.config.eval_batch_size = 7
+    retriever.evaluate(world_dataset, "test", (10,))
+    users, _ = world_dataset.eval_users("test")
+    history = world_dataset.user_batch(users, before="test")
+    shares = []
+    for start in range(0, users.numel(), 7):
+        rows = torch.arange(start, min(start + 7, users.numel()))
+        retriever.retrieve(history.select(rows), 10)
+        shares.append(rows.numel() * retriever.last_decode["invalid_share"])
+    retriever.evaluate(world_dataset, "test", (10,))
+    assert retriever.last_decode["invalid_share"] == pytest.approx(sum(shares) / users.numel())
 
 
 def test_tiger_channel_in_recstack_run(world_dataset, tmp_path):

@@ -209,7 +209,7 @@ class GenerativeRetriever(Retriever):
         self.event_columns: list[str] = []  # the interaction columns they come from (data.py)
         self.result: Any = None
         self.seconds: dict[str, float] = {}
-        self.last_decode: dict[str, float] = {}  # stats of the last retrieve (invalid_share, ...)
+        self.last_decode: dict[str, float] = {}  # stats of the last retrieve / evaluate (invalid_share, ...)
 
     def build_model(self, shape: ModelShape) -> GenerativeModel:
         raise NotImplementedError
@@ -269,9 +269,15 @@ class GenerativeRetriever(Retriever):
                                      features=("timestamp", *self.event_columns))
         acc = TopKAccumulator(ks, dataset.num_items)
         step = self.config.eval_batch_size
+        decode_stats = torch.zeros(2, dtype=torch.float64)  # user-weighted sums of invalid / filled share
         for start in range(0, all_users.numel(), step):  # batches of users, each decoded in one call
             rows = torch.arange(start, min(start + step, all_users.numel()))
             acc.add(self.retrieve(history.select(rows), max(ks)).items, targets.select(rows))
+            decode_stats += rows.numel() * torch.tensor([self.last_decode["invalid_share"],
+                                                         self.last_decode["filled_share"]], dtype=torch.float64)
+        if all_users.numel():  # the whole evaluation's shares, not the last batch's
+            invalid, filled = (decode_stats / all_users.numel()).tolist()
+            self.last_decode = {"invalid_share": invalid, "filled_share": filled}
         return acc.result()
 
     # ---- retrieval -----------------------------------------------------------------------------
