@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
                    f"{torch.get_num_threads()} threads, load {os.getloadavg()[0]:.1f}",
         "command": "python benchmarks/generative.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "dataset": args.dataset, "model": retriever.name, "codes": "saved" if args.sid else args.codes,
+        "dataset": args.dataset, "model": retriever.name, "codes": "saved" if args.sid or args.load else args.codes,
         "semantic_ids": {"path": str(sid_path), **sid_facts},
         "config": to_dict(retriever.config),
         "test": {k: round(test[k], 4) for k in keep},
