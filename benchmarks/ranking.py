@@ -6,6 +6,7 @@
     python benchmarks/ranking.py --dataset world --models tokenmixer_large --scale     # scaling sweep
     python benchmarks/ranking.py --table --dataset world                 # Markdown table from the results
     python benchmarks/ranking.py --dataset world --oracle                # the world's true-probability ceiling
+    python benchmarks/ranking.py --update-expect [--models NAME]         # configs' expect: from recorded runs
 
 A config (configs/ranking/<model>.yaml) names the ranker and its settings (`ranker:`), per-dataset
 overrides with the training budget (`datasets: {world: {...}, ml-100k: {...}}`), the scaling sweep
@@ -358,7 +359,8 @@ def update_expect(path: Path, records: list[dict[str, Any]]) -> str:
                     lines.append(f"  {dataset}/test/{key}: {{value: {r['test'][key]:.4f}, tolerance: {tolerance}}}"
                                  f"   # {stamp}")
     text = path.read_text()
-    head = text[:text.index("\nexpect:", text.index(EXPECT_HEADER)) + 1] if EXPECT_HEADER in text else text + "\n"
+    cut = text.find("\nexpect:", max(text.find(EXPECT_HEADER), 0))  # the block after the header comment
+    head = text[:cut + 1] if cut >= 0 else text.rstrip("\n") + "\n"
     block = "\n".join(lines) + "\n"
     tmp = path.with_suffix(".yaml.tmp")
     tmp.write_text(head + block)

@@ -92,3 +92,7 @@ def test_update_expect_rewrites_only_the_expect_block(tmp_path):
     assert config.expect["world/test/purchase/auc"].tolerance == 0.02
     assert set(config.expect) == {"world/test/click/auc", "world/test/click/gauc", "world/test/purchase/auc"}
     assert not list(tmp_path.glob("*.tmp"))
+    bare = tmp_path / "bare.yaml"  # no header comment: the old block is still replaced, not duplicated
+    bare.write_text("name: bare\nranker: {name: dcn_din_mmoe}\nexpect:\n  world/test/click/auc: {min: 0.1}\n")
+    update_expect(bare, [{**run, "config": "bare"}])
+    assert bare.read_text().count("expect:") == 1 and load_bench_config(bare).expect["world/test/click/auc"].value

@@ -6,7 +6,8 @@ train_targets="all" makes one window per train position (stride 1: every prefix 
 item, as TIGER reproductions augment the data); "last" makes one window per user (its last train
 item); "sequence" makes windows of stride max_len whose every position is a target (for models with
 a causal history encoder, which read all prefixes of a window in one pass: then "target_items" is
-[B, T] and "target_codes" [B, T, C], target t = the item after history column t, 0 = no target). Windows are gathered right-aligned in one vectorised call per batch, batches group windows of
+[B, T] and "target_codes" [B, T, C], target t = the item after history column t, 0 = no target).
+Windows are gathered right-aligned in one vectorised call per batch, batches group windows of
 similar length (LengthBucketedBatchSource), and codes come from one table lookup (SemanticIds.codes).
 
 Events (history_events): 0 = padding or a plain interaction. With label columns L_1..L_E (config
