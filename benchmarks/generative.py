@@ -57,7 +57,7 @@ def _sequential_helpers():
 def semantic_ids_for(args: argparse.Namespace, dataset) -> tuple[Path, dict[str, Any]]:
     """Saved SemanticIds folder (fitted once, then reused) and its diagnostics."""
     from recstack.paths import recstack_home as home
-    from recstack.retrieval.generative.base import fit_semantic_ids, load_semantic_ids
+    from recstack.retrieval.generative.retriever import fit_semantic_ids, load_semantic_ids
 
     if args.sid:
         path = Path(args.sid)

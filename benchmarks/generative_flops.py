@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     lengths = [int(v) for v in args.lengths.split(",")]
     rows = []
     if args.dataset:
-        from recstack.retrieval.generative.base import load_semantic_ids
+        from recstack.retrieval.generative.retriever import load_semantic_ids
         from recstack.retrieval.generative.data import GenerativeData
 
         from recstack.retrieval.generative.behaviours import default_behaviours

@@ -45,8 +45,9 @@ from recstack.nn.moe import SparseMoE, moe_aux_loss
 from recstack.nn.query_former import QueryFormer
 from recstack.nn.transformer import DecoderLayer
 from recstack.registry import register
-from recstack.retrieval.generative.base import (DecodeState, GenerativeConfig, GenerativeModel, GenerativeRetriever,
-                                                ModelShape, reorder_state)
+from recstack.retrieval.generative.base import (DecodeState, GenerativeConfig, GenerativeModel, ModelShape,
+                                                reorder_state)
+from recstack.retrieval.generative.retriever import GenerativeRetriever
 from recstack.retrieval.generative.behaviours import default_behaviours, pack, resolve_behaviours
 
 

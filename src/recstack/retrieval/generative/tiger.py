@@ -35,8 +35,8 @@ from torch import nn
 from recstack.errors import ConfigError
 from recstack.nn.transformer import DecoderLayer, EncoderLayer
 from recstack.registry import register
-from recstack.retrieval.generative.base import (DecodeState, GenerativeConfig, GenerativeModel, GenerativeRetriever,
-                                                ModelShape)
+from recstack.retrieval.generative.base import DecodeState, GenerativeConfig, GenerativeModel, ModelShape
+from recstack.retrieval.generative.retriever import GenerativeRetriever
 
 
 @dataclass
