@@ -395,8 +395,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         print(markdown_table(read_results(), args.dataset, args.max_seen, args.min_seen))
         return []
     if args.update_expect:
+        records = read_results()
         for path in config_paths([m for m in args.models.split(",") if m] or None):
-            print(f"{path}:\n{update_expect(path, read_results())}")
+            print(f"{path}:\n{update_expect(path, records)}")
         return []
 
     torch.set_num_threads(args.threads)

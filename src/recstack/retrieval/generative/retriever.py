@@ -125,15 +125,14 @@ class GenerativeRetriever(Retriever):
                                      features=("timestamp", *self.event_columns))
         acc = TopKAccumulator(ks, dataset.num_items)
         step = self.config.eval_batch_size
-        decode_stats = torch.zeros(2, dtype=torch.float64)  # user-weighted sums of invalid / filled share
+        shares = {"invalid_share": 0.0, "filled_share": 0.0}  # user-weighted sums over the batches
         for start in range(0, all_users.numel(), step):  # batches of users, each decoded in one call
             rows = torch.arange(start, min(start + step, all_users.numel()))
             acc.add(self.retrieve(history.select(rows), max(ks)).items, targets.select(rows))
-            decode_stats += rows.numel() * torch.tensor([self.last_decode["invalid_share"],
-                                                         self.last_decode["filled_share"]], dtype=torch.float64)
+            for key in shares:
+                shares[key] += rows.numel() * self.last_decode[key]
         if all_users.numel():  # the whole evaluation's shares, not the last batch's
-            invalid, filled = (decode_stats / all_users.numel()).tolist()
-            self.last_decode = {"invalid_share": invalid, "filled_share": filled}
+            self.last_decode = {key: total / all_users.numel() for key, total in shares.items()}
         return acc.result()
 
     # ---- retrieval -----------------------------------------------------------------------------
