@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN = $(VENV)/bin
 
-.PHONY: setup run test test-all bench clean
+.PHONY: setup run test test-all lint format bench clean
 
 setup: $(VENV)/.installed
 
@@ -20,8 +20,18 @@ $(VENV)/.installed: pyproject.toml
 run: setup
 	$(BIN)/recstack run
 
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# ruff (lint + formatter check) and mypy, configured in pyproject.toml; `make format` rewrites in place
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
+
+format: setup
+	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks
 
 test-all: setup
 	$(BIN)/python -m pytest -q

@@ -41,8 +41,10 @@ STRETCH = {"amazon-beauty": {"recall@10": 0.0791, "ndcg@10": 0.0438}}  # LC-Rec 
 ENCODERS: dict[str, dict[str, Any]] = {
     "text": {"name": "text"},
     "collab": {"name": "collab", "options": {"train": {"epochs": 10, "patience": 2}}},
-    "fused": {"name": "fused", "parts": [{"name": "text"}, {"name": "collab",
-                                                            "options": {"train": {"epochs": 10, "patience": 2}}}]},
+    "fused": {
+        "name": "fused",
+        "parts": [{"name": "text"}, {"name": "collab", "options": {"train": {"epochs": 10, "patience": 2}}}],
+    },
 }
 
 
@@ -64,14 +66,18 @@ def semantic_ids_for(args: argparse.Namespace, dataset) -> tuple[Path, dict[str,
         sids = load_semantic_ids(path)
     else:
         quantizer = {"name": args.quantizer, "levels": args.levels, "codebook_size": args.codebook}
-        path = home() / "generative_sids" / f"{dataset.name}-{args.codes}-{args.quantizer}-{args.levels}x{args.codebook}"
+        path = (
+            home() / "generative_sids" / f"{dataset.name}-{args.codes}-{args.quantizer}-{args.levels}x{args.codebook}"
+        )
         if args.codes != "text":
             path = path.with_name(path.name + f"-sasrec{args.collab_epochs}ep")
         if (path / "semantic_ids.json").is_file():
             sids = load_semantic_ids(path)
         else:
             started = time.perf_counter()
-            encoder = json.loads(json.dumps(ENCODERS[args.codes]).replace('"epochs": 10', f'"epochs": {args.collab_epochs}'))
+            encoder = json.loads(
+                json.dumps(ENCODERS[args.codes]).replace('"epochs": 10', f'"epochs": {args.collab_epochs}')
+            )
             sids = fit_semantic_ids(dataset, encoder, quantizer)
             sids.save(path)
             print(f"semantic IDs fitted in {time.perf_counter() - started:.0f}s -> {path}", flush=True)
@@ -94,7 +100,9 @@ def decode_throughput(retriever, dataset, users: int, beam: int) -> dict[str, fl
         for start in range(0, len(batch), retriever.config.eval_batch_size):
             rows = torch.arange(start, min(start + retriever.config.eval_batch_size, len(batch)))
             retriever.retrieve(batch.select(rows), 10)
-        out["users_per_s_cache" if cache else "users_per_s_no_cache"] = round(len(batch) / (time.perf_counter() - started), 1)
+        out["users_per_s_cache" if cache else "users_per_s_no_cache"] = round(
+            len(batch) / (time.perf_counter() - started), 1
+        )
     retriever.config.use_cache, retriever.config.beam_size = saved
     return out
 
@@ -114,8 +122,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--beam", type=int, default=20, help="beam size of the throughput measurement")
     parser.add_argument("--decode-users", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--home", default=os.environ.get("RECSTACK_HOME", "/tmp/recstack_bench"),
-                        help="RECSTACK_HOME (embedding cache, fitted semantic IDs)")
+    parser.add_argument(
+        "--home",
+        default=os.environ.get("RECSTACK_HOME", "/tmp/recstack_bench"),
+        help="RECSTACK_HOME (embedding cache, fitted semantic IDs)",
+    )
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--save", default=None, help="save the trained retriever into this folder")
     parser.add_argument("--load", default=None, help="evaluate a saved retriever instead of training one")
@@ -135,8 +146,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     helpers = _sequential_helpers()
     started = time.perf_counter()
     dataset = helpers.load_dataset(args.dataset, args.data_dir or DATA_ROOT / args.dataset)
-    print(f"{args.dataset}: {dataset.num_users} users, {dataset.num_items} items, "
-          f"{dataset.interactions.height} interactions", flush=True)
+    print(
+        f"{args.dataset}: {dataset.num_users} users, {dataset.num_items} items, "
+        f"{dataset.interactions.height} interactions",
+        flush=True,
+    )
     if args.load:
         sid_path, sid_facts = Path(args.load) / "sid", {}
     else:
@@ -149,6 +163,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     spec.setdefault("train", {}).setdefault("progress", False)
     if args.load:  # a trained retriever (e.g. saved by --save): evaluate / ablate without training
         from recstack.retrieval.base import Retriever
+
         retriever = Retriever.load(args.load)
         for key in ("constrained", "eval_users", "eval_batch_size", "beam_size", "use_cache"):
             if key in spec:
@@ -163,8 +178,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             retriever.save(args.save)
     for record in retriever.result.history:
         metrics = " ".join(f"{k}={v:.4f}" for k, v in record["metrics"].items())
-        print(f"epoch {record['epoch'] + 1}: loss={record['train']['loss']:.4f} {metrics} ({record['seconds']:.1f}s)",
-              flush=True)
+        print(
+            f"epoch {record['epoch'] + 1}: loss={record['train']['loss']:.4f} {metrics} ({record['seconds']:.1f}s)",
+            flush=True,
+        )
     t0 = time.perf_counter()
     test = retriever.evaluate(dataset, "test", ks=(5, 10, 20))
     test_seconds = time.perf_counter() - t0
@@ -175,19 +192,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-                   f"{torch.get_num_threads()} threads, load {os.getloadavg()[0]:.1f}",
+        f"{torch.get_num_threads()} threads, load {os.getloadavg()[0]:.1f}",
         "command": "python benchmarks/generative.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "dataset": args.dataset, "model": retriever.name, "codes": "saved" if args.sid or args.load else args.codes,
+        "dataset": args.dataset,
+        "model": retriever.name,
+        "codes": "saved" if args.sid or args.load else args.codes,
         "semantic_ids": {"path": str(sid_path), **sid_facts},
         "config": to_dict(retriever.config),
         "test": {k: round(test[k], 4) for k in keep},
         "valid_best": {k: round(v, 4) for k, v in retriever.result.best_metrics.items()},
-        "best_epoch": retriever.result.best_epoch, "epochs_run": len(retriever.result.history),
-        "seconds": {"semantic_ids_and_prepare": round(sid_seconds, 1),
-                    "train_per_epoch": round(retriever.seconds["train_per_epoch"], 1),
-                    "valid_eval_total": round(retriever.seconds["eval"], 1), "test_eval": round(test_seconds, 1)},
+        "best_epoch": retriever.result.best_epoch,
+        "epochs_run": len(retriever.result.history),
+        "seconds": {
+            "semantic_ids_and_prepare": round(sid_seconds, 1),
+            "train_per_epoch": round(retriever.seconds["train_per_epoch"], 1),
+            "valid_eval_total": round(retriever.seconds["eval"], 1),
+            "test_eval": round(test_seconds, 1),
+        },
         "decode": {"beam": args.beam, "k": 10, "users": args.decode_users, **speed},
-        "target": target, "stretch": STRETCH.get(args.dataset, {}),
+        "target": target,
+        "stretch": STRETCH.get(args.dataset, {}),
     }
     if args.unconstrained:
         result["invalid_share"] = invalid  # share of decoded tuples naming no item, over the test users

@@ -35,17 +35,26 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "generative_flops.jsonl"
-VARIANTS = {"qf+moe": {"query_former": True, "moe": True}, "qf+dense": {"query_former": True, "moe": False},
-            "full+moe": {"query_former": False, "moe": True}, "full+dense": {"query_former": False, "moe": False}}
+VARIANTS = {
+    "qf+moe": {"query_former": True, "moe": True},
+    "qf+dense": {"query_former": True, "moe": False},
+    "full+moe": {"query_former": False, "moe": True},
+    "full+dense": {"query_former": False, "moe": False},
+}
 
 
 def synthetic_batch(b: int, t: int, sizes: list[int], num_items: int, seed: int) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     codes = torch.stack([torch.randint(0, s, (b, t + 1), generator=gen) for s in sizes], -1)
-    return {"history_codes": codes[:, :-1], "history_items": torch.randint(1, num_items + 1, (b, t), generator=gen),
-            "history_mask": torch.ones(b, t, dtype=torch.bool),
-            "history_events": torch.randint(0, 3, (b, t), generator=gen), "users": torch.arange(b),
-            "target_items": torch.randint(1, num_items + 1, (b,), generator=gen), "target_codes": codes[:, -1]}
+    return {
+        "history_codes": codes[:, :-1],
+        "history_items": torch.randint(1, num_items + 1, (b, t), generator=gen),
+        "history_mask": torch.ones(b, t, dtype=torch.bool),
+        "history_events": torch.randint(0, 3, (b, t), generator=gen),
+        "users": torch.arange(b),
+        "target_items": torch.randint(1, num_items + 1, (b,), generator=gen),
+        "target_codes": codes[:, -1],
+    }
 
 
 def measure(config_spec: dict[str, Any], shape, event_names: list[str], batch: dict[str, torch.Tensor]) -> dict:
@@ -60,8 +69,11 @@ def measure(config_spec: dict[str, Any], shape, event_names: list[str], batch: d
     flops = flops_per_sample(model, batch)
     total = sum(p.numel() for p in model.parameters())
     moe_params = sum(p.numel() for m in model.modules() if hasattr(m, "activated_parameters") for p in m.parameters())
-    active = total - moe_params + sum(m.activated_parameters() for m in model.modules()
-                                      if hasattr(m, "activated_parameters"))
+    active = (
+        total
+        - moe_params
+        + sum(m.activated_parameters() for m in model.modules() if hasattr(m, "activated_parameters"))
+    )
     model.train()
     model.loss(batch)["loss"].backward()  # warm-up
     started = time.perf_counter()
@@ -70,8 +82,13 @@ def measure(config_spec: dict[str, Any], shape, event_names: list[str], batch: d
         model.loss(batch)["loss"].backward()
     step_ms = (time.perf_counter() - started) / 2 * 1000
     ctx, _ = model.context(batch)
-    return {"gflops_per_sample": round(flops / 1e9, 5), "params": total, "activated_params": active,
-            "context_tokens": int(ctx.shape[1]), "train_step_ms": round(step_ms, 1)}
+    return {
+        "gflops_per_sample": round(flops / 1e9, 5),
+        "params": total,
+        "activated_params": active,
+        "context_tokens": int(ctx.shape[1]),
+        "train_step_ms": round(step_ms, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -99,36 +116,52 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     lengths = [int(v) for v in args.lengths.split(",")]
     rows = []
     if args.dataset:
-        from recstack.retrieval.generative.retriever import load_semantic_ids
-        from recstack.retrieval.generative.data import GenerativeData
-
         from recstack.retrieval.generative.behaviours import default_behaviours
+        from recstack.retrieval.generative.data import GenerativeData
+        from recstack.retrieval.generative.retriever import load_semantic_ids
 
         dataset = helpers.load_dataset(args.dataset, args.data_dir or Path("/work/shared/data") / args.dataset)
         overrides.setdefault("behaviours", default_behaviours(dataset, None))  # as OneMallRetriever.fit does
-        sids = load_semantic_ids(args.sid) if args.sid else SemanticIds.from_codes(
-            torch.randint(0, 256, (dataset.num_items, 3), generator=torch.Generator().manual_seed(0)), [256] * 3)
+        sids = (
+            load_semantic_ids(args.sid)
+            if args.sid
+            else SemanticIds.from_codes(
+                torch.randint(0, 256, (dataset.num_items, 3), generator=torch.Generator().manual_seed(0)), [256] * 3
+            )
+        )
     for t in lengths:
         if args.dataset:
             data = GenerativeData(dataset, sids, t, "all")
-            order = torch.randperm(data.num_samples, generator=torch.Generator().manual_seed(t))[:args.batch]
+            order = torch.randperm(data.num_samples, generator=torch.Generator().manual_seed(t))[: args.batch]
             batch, names = data.collate(order), data.event_names
             shape = ModelShape(sids.codebook_sizes, dataset.num_items, dataset.num_users, len(names) + 1)
             mean_len = float(batch["history_mask"].sum(1).float().mean())
         else:
             sizes, names = [256, 256, 256, 4], ["click", "buy"]
-            batch, shape, mean_len = synthetic_batch(args.batch, t, sizes, 10_000, t), \
-                ModelShape(sizes, 10_000, args.batch, 3), float(t)
+            batch, shape, mean_len = (
+                synthetic_batch(args.batch, t, sizes, 10_000, t),
+                ModelShape(sizes, 10_000, args.batch, 3),
+                float(t),
+            )
         for variant, flags in VARIANTS.items():
-            row = {"T": t, "mean_history": round(mean_len, 1), "variant": variant,
-                   **measure({**overrides, **flags, "max_len": t}, shape, names, batch)}
+            row = {
+                "T": t,
+                "mean_history": round(mean_len, 1),
+                "variant": variant,
+                **measure({**overrides, **flags, "max_len": t}, shape, names, batch),
+            }
             rows.append(row)
             print(json.dumps(row), flush=True)
-    result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "machine": f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-                         f"load {os.getloadavg()[0]:.1f}",
-              "command": "python benchmarks/generative_flops.py " + " ".join(sys.argv[1:] if argv is None else argv),
-              "data": args.dataset or "synthetic", "overrides": overrides, "batch": args.batch, "rows": rows}
+    result = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"load {os.getloadavg()[0]:.1f}",
+        "command": "python benchmarks/generative_flops.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "data": args.dataset or "synthetic",
+        "overrides": overrides,
+        "batch": args.batch,
+        "rows": rows,
+    }
     if not args.no_write:
         helpers.append_jsonl(RESULTS, result)
     return result

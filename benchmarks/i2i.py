@@ -26,7 +26,7 @@ from recstack.eval.evaluator import evaluate_retriever
 from recstack.registry import build
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sequential import DATA_ROOT, RESULTS, SOURCES, append_jsonl, load_dataset  # noqa: E402  (RESULTS: sequential.jsonl)
+from sequential import DATA_ROOT, RESULTS, SOURCES, append_jsonl, load_dataset
 
 CHANNELS = ("popular", "itemcf", "swing")
 
@@ -53,8 +53,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "machine": f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads",
             "command": "python benchmarks/i2i.py " + " ".join(sys.argv[1:] if argv is None else argv),
-            "dataset": args.dataset, "channel": name, "config": to_dict(retriever.config),
-            "fit_seconds": round(fit_seconds, 2), "test_eval_seconds": round(time.perf_counter() - started, 2),
+            "dataset": args.dataset,
+            "channel": name,
+            "config": to_dict(retriever.config),
+            "fit_seconds": round(fit_seconds, 2),
+            "test_eval_seconds": round(time.perf_counter() - started, 2),
             "test": {k: round(test[k], 4) for k in ("recall@10", "ndcg@10", "recall@20", "ndcg@20")},
         }
         print(json.dumps({k: record[k] for k in ("channel", "fit_seconds", "test")}), flush=True)

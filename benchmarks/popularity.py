@@ -1,6 +1,6 @@
 """Benchmark: popularity baseline, leave-one-out, full ranking over all items (history masked).
 
-    .venv/bin/python benchmarks/popularity.py --dataset amazon-beauty --path ../shared/data/amazon-beauty
+.venv/bin/python benchmarks/popularity.py --dataset amazon-beauty --path ../shared/data/amazon-beauty
 """
 
 from __future__ import annotations
@@ -25,9 +25,13 @@ def main() -> None:
     started = time.perf_counter()
     dataset = prepare(catalog.load_raw(args.dataset, args.path), name=args.dataset)
     model = Popular().fit(dataset)
-    result = {"benchmark": "popularity", "dataset": args.dataset,
-              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "users": dataset.num_users, "items": dataset.num_items}
+    result = {
+        "benchmark": "popularity",
+        "dataset": args.dataset,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "users": dataset.num_users,
+        "items": dataset.num_items,
+    }
     for split in ("valid", "test"):
         metrics = evaluate_retriever(model, dataset, split, ks=(5, 10, 20))
         result[split] = {k: round(v, 4) for k, v in metrics.items() if "@" in k}

@@ -45,19 +45,31 @@ def main() -> None:
         rss_after_generate = peak_rss_mb()
 
         started = time.perf_counter()
-        raw = RawTables("world-1m", pl.read_parquet(log), items=world.items_table(), users=world.users_table(),
-                        labels=["click", "like", "long_view", "purchase"], text_fields=["title", "description"],
-                        origin=str(log))
+        raw = RawTables(
+            "world-1m",
+            pl.read_parquet(log),
+            items=world.items_table(),
+            users=world.users_table(),
+            labels=["click", "like", "long_view", "purchase"],
+            text_fields=["title", "description"],
+            origin=str(log),
+        )
         dataset = prepare(raw, PrepareConfig(min_user_interactions=5, min_item_interactions=5))
         path = dataset.save(Path(tmp) / "prepared")
         prepare_seconds = time.perf_counter() - started
     result = {
-        "benchmark": "prepare_synthetic", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "rows_in": raw.interactions.height, "rows_out": dataset.interactions.height,
-        "users": dataset.num_users, "items": dataset.num_items,
-        "generate_seconds": round(generate_seconds, 2), "prepare_seconds": round(prepare_seconds, 2),
-        "peak_rss_mb_after_generate": round(rss_after_generate), "peak_rss_mb": round(peak_rss_mb()),
-        "report": dataset.meta["report"], "command": " ".join(sys.argv),
+        "benchmark": "prepare_synthetic",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "rows_in": raw.interactions.height,
+        "rows_out": dataset.interactions.height,
+        "users": dataset.num_users,
+        "items": dataset.num_items,
+        "generate_seconds": round(generate_seconds, 2),
+        "prepare_seconds": round(prepare_seconds, 2),
+        "peak_rss_mb_after_generate": round(rss_after_generate),
+        "peak_rss_mb": round(peak_rss_mb()),
+        "report": dataset.meta["report"],
+        "command": " ".join(sys.argv),
     }
     print(json.dumps(result, indent=2))
     out = Path(__file__).parent / "results" / "prepare_synthetic.json"

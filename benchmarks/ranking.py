@@ -50,6 +50,7 @@ if str(ROOT) not in sys.path:  # `python benchmarks/ranking.py` puts benchmarks/
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.sequential import parse_overrides  # noqa: E402
+
 from recstack.cascade import ExpectSpec  # noqa: E402
 from recstack.config import from_dict, load_yaml, to_dict  # noqa: E402
 from recstack.data.dataset import Dataset  # noqa: E402
@@ -106,8 +107,11 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     """Deep merge: nested mappings merge key by key; anything else in `update` replaces."""
     out = copy.deepcopy(base)
     for key, value in update.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
+        out[key] = (
+            merge(out[key], value)
+            if isinstance(value, dict) and isinstance(out.get(key), dict)
             else copy.deepcopy(value)
+        )
     return out
 
 
@@ -145,9 +149,17 @@ def load_dataset(name: str, data_dir: Path | None) -> tuple[Dataset, float]:
         # Random-user holdout: 10% / 20% of users are valid / test users whose last 20% of ratings are held
         # out; their earlier ratings stay in train and form their history (a global time cut would make
         # most test users cold-start: no history, untrained user ids).
-        config = from_dict(PrepareConfig, {**catalog.default_prepare("ml-100k"), "split": "random_user",
-                                           "valid_fraction": 0.1, "test_fraction": 0.2, "holdout_fraction": 0.2},
-                           "prepare")
+        config = from_dict(
+            PrepareConfig,
+            {
+                **catalog.default_prepare("ml-100k"),
+                "split": "random_user",
+                "valid_fraction": 0.1,
+                "test_fraction": 0.2,
+                "holdout_fraction": 0.2,
+            },
+            "prepare",
+        )
         dataset = prepare(raw, config, name="ml-100k")
     else:
         raise ConfigError(f"--dataset: unknown {name!r}; known: {', '.join(DATASETS)}")
@@ -155,8 +167,15 @@ def load_dataset(name: str, data_dir: Path | None) -> tuple[Dataset, float]:
 
 
 # ---- one model ----------------------------------------------------------------------------------------
-def run_one(config: RankingBenchConfig, dataset: Dataset, dataset_name: str, overrides: dict[str, Any],
-            peak: tuple[float, str], size: int | None = None, progress: bool = False) -> dict[str, Any]:
+def run_one(
+    config: RankingBenchConfig,
+    dataset: Dataset,
+    dataset_name: str,
+    overrides: dict[str, Any],
+    peak: tuple[float, str],
+    size: int | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Fit, evaluate on test, trace compute; returns the JSON record (without command/date)."""
     ranker = config.build_ranker(dataset_name, size, overrides)
     ranker.config.train.progress = progress
@@ -180,7 +199,7 @@ def run_one(config: RankingBenchConfig, dataset: Dataset, dataset_name: str, ove
     train_rows = _train_rows(builder, ranker.config.samples.negatives_per_positive)
     cfg_train = ranker.config.train
     epochs_run = len(result.history)
-    per_epoch = min(train_rows, (cfg_train.max_steps_per_epoch or 10 ** 12) * cfg_train.batch_size)
+    per_epoch = min(train_rows, (cfg_train.max_steps_per_epoch or 10**12) * cfg_train.batch_size)
     seen = per_epoch * epochs_run
     train_seconds = sum(r["seconds"] for r in result.history) - eval_seconds[0]
 
@@ -191,23 +210,41 @@ def run_one(config: RankingBenchConfig, dataset: Dataset, dataset_name: str, ove
     compute = ranker_compute(ranker, test, config.compute, peak)
     e2e = seen / max(train_seconds, 1e-9)
     return {
-        "dataset": dataset_name, "model": ranker.name, "config": config.name,
-        "tasks": ranker.tasks, "primary_task": ranker.primary_task,
-        "test": {k: round(v, 4) for k, v in metrics.items()}, "test_samples": len(test),
+        "dataset": dataset_name,
+        "model": ranker.name,
+        "config": config.name,
+        "tasks": ranker.tasks,
+        "primary_task": ranker.primary_task,
+        "test": {k: round(v, 4) for k, v in metrics.items()},
+        "test_samples": len(test),
         "valid_best": {k: round(v, 4) for k, v in result.best_metrics.items()},
-        "best_epoch": result.best_epoch, "epochs_run": epochs_run, "stopped_early": result.stopped_early,
-        "train_rows": train_rows, "train_samples_seen": seen,
+        "best_epoch": result.best_epoch,
+        "epochs_run": epochs_run,
+        "stopped_early": result.stopped_early,
+        "train_rows": train_rows,
+        "train_samples_seen": seen,
         "params": compute.params,
         "flops_per_sample": {"forward": compute.forward_flops, "train": compute.train_flops},
         "flops_by_module": {k: round(v) for k, v in compute.flops_by_module.items()},
-        "throughput": {"train_e2e_samples_per_s": round(e2e, 1),
-                       "train_step_samples_per_s": round(compute.train_samples_per_s, 1),
-                       "score_samples_per_s": round(compute.score_samples_per_s, 1),
-                       "batch_size": compute.batch_size},
-        "mfu": {"train_step": compute.mfu, "train_e2e": compute.train_flops * e2e / compute.peak_flops,
-                "score": compute.score_mfu, "peak_flops": compute.peak_flops, "peak_source": compute.peak_source},
-        "seconds": {"fit": round(fit_seconds, 1), "train": round(train_seconds, 1),
-                    "valid_eval": round(eval_seconds[0], 1), "test_eval": round(test_seconds, 1)},
+        "throughput": {
+            "train_e2e_samples_per_s": round(e2e, 1),
+            "train_step_samples_per_s": round(compute.train_samples_per_s, 1),
+            "score_samples_per_s": round(compute.score_samples_per_s, 1),
+            "batch_size": compute.batch_size,
+        },
+        "mfu": {
+            "train_step": compute.mfu,
+            "train_e2e": compute.train_flops * e2e / compute.peak_flops,
+            "score": compute.score_mfu,
+            "peak_flops": compute.peak_flops,
+            "peak_source": compute.peak_source,
+        },
+        "seconds": {
+            "fit": round(fit_seconds, 1),
+            "train": round(train_seconds, 1),
+            "valid_eval": round(eval_seconds[0], 1),
+            "test_eval": round(test_seconds, 1),
+        },
         "ranker_config": to_dict(ranker.config),
     }
 
@@ -246,9 +283,17 @@ def read_results(path: Path = RESULTS) -> list[dict[str, Any]]:
 
 
 # ---- scaling ------------------------------------------------------------------------------------------
-def run_scale(config: RankingBenchConfig, dataset: Dataset, dataset_name: str, overrides: dict[str, Any],
-              peak: tuple[float, str], metric: str | None, header: dict[str, Any], write: bool,
-              progress: bool) -> dict[str, Any]:
+def run_scale(
+    config: RankingBenchConfig,
+    dataset: Dataset,
+    dataset_name: str,
+    overrides: dict[str, Any],
+    peak: tuple[float, str],
+    metric: str | None,
+    header: dict[str, Any],
+    write: bool,
+    progress: bool,
+) -> dict[str, Any]:
     if len(config.scale) < 4:
         raise ConfigError(f"{config.name}: --scale needs a `scale:` list of >= 4 sizes in its config")
     points = []
@@ -256,8 +301,11 @@ def run_scale(config: RankingBenchConfig, dataset: Dataset, dataset_name: str, o
         record = run_one(config, dataset, dataset_name, overrides, peak, size, progress)
         record.update(header, kind="scale_point", size=size, size_overrides=config.scale[size])
         metric = metric or f"{record['primary_task']}/auc"
-        print(f"  size {size}: train FLOPs/sample {record['flops_per_sample']['train']:.3g}, "
-              f"dense params {record['params']['dense']:,}, {metric} {record['test'].get(metric)}", flush=True)
+        print(
+            f"  size {size}: train FLOPs/sample {record['flops_per_sample']['train']:.3g}, "
+            f"dense params {record['params']['dense']:,}, {metric} {record['test'].get(metric)}",
+            flush=True,
+        )
         if write:
             append_result(record)
         points.append(record)
@@ -268,12 +316,24 @@ def run_scale(config: RankingBenchConfig, dataset: Dataset, dataset_name: str, o
     flops = [p["flops_per_sample"]["train"] for p in points]
     values = [p["test"][metric] for p in points]
     fit = fit_scaling(flops, values, higher_is_better=higher)
-    out = {**header, "kind": "scaling", "dataset": dataset_name, "model": config.ranker["name"],
-           "config": config.name, "metric": metric, "flops": flops, "values": values,
-           "dense_params": [p["params"]["dense"] for p in points], "fit": fit.to_dict(),
-           "sizes": config.scale}
-    previous = [r for r in read_results() if r.get("kind") == "scaling" and r.get("dataset") == dataset_name
-                and r.get("metric") == metric]
+    out = {
+        **header,
+        "kind": "scaling",
+        "dataset": dataset_name,
+        "model": config.ranker["name"],
+        "config": config.name,
+        "metric": metric,
+        "flops": flops,
+        "values": values,
+        "dense_params": [p["params"]["dense"] for p in points],
+        "fit": fit.to_dict(),
+        "sizes": config.scale,
+    }
+    previous = [
+        r
+        for r in read_results()
+        if r.get("kind") == "scaling" and r.get("dataset") == dataset_name and r.get("metric") == metric
+    ]
     latest = {r["model"]: r for r in previous}
     latest[out["model"]] = out
     if BASELINE in latest and out["model"] != BASELINE:
@@ -284,52 +344,76 @@ def run_scale(config: RankingBenchConfig, dataset: Dataset, dataset_name: str, o
     safe = metric.replace("/", "_")
     results_dir = RESULTS.parent
     if write:
-        own = write_scaling_plot(results_dir / f"scaling_{dataset_name}_{out['model']}_{safe}.png",
-                                 {out["model"]: series[out["model"]]}, metric, f"{out['model']} on {dataset_name}")
-        both = write_scaling_plot(results_dir / f"scaling_{dataset_name}_{safe}.png", series, metric,
-                                  f"ranking scaling on {dataset_name}")
+        own = write_scaling_plot(
+            results_dir / f"scaling_{dataset_name}_{out['model']}_{safe}.png",
+            {out["model"]: series[out["model"]]},
+            metric,
+            f"{out['model']} on {dataset_name}",
+        )
+        both = write_scaling_plot(
+            results_dir / f"scaling_{dataset_name}_{safe}.png", series, metric, f"ranking scaling on {dataset_name}"
+        )
         out["plots"] = [str(own.relative_to(ROOT)), str(both.relative_to(ROOT))]
         append_result(out)
-    print(f"SCALING {out['model']} {metric}: slope {fit.slope:+.5f} per decade of FLOPs, intercept "
-          f"{fit.intercept:.4f}, R² {fit.r2:.3f}"
-          + (f", efficiency vs {BASELINE} {out['scaling_efficiency_vs_' + BASELINE]:.2f}"
-             if "scaling_efficiency_vs_" + BASELINE in out else ""), flush=True)
+    print(
+        f"SCALING {out['model']} {metric}: slope {fit.slope:+.5f} per decade of FLOPs, intercept "
+        f"{fit.intercept:.4f}, R² {fit.r2:.3f}"
+        + (
+            f", efficiency vs {BASELINE} {out['scaling_efficiency_vs_' + BASELINE]:.2f}"
+            if "scaling_efficiency_vs_" + BASELINE in out
+            else ""
+        ),
+        flush=True,
+    )
     return out
 
 
 # ---- table --------------------------------------------------------------------------------------------
-def markdown_table(records: list[dict[str, Any]], dataset: str, max_seen: int | None = None,
-                   min_seen: int | None = None) -> str:
+def markdown_table(
+    records: list[dict[str, Any]], dataset: str, max_seen: int | None = None, min_seen: int | None = None
+) -> str:
     """Latest benchmark record per model on `dataset` as a Markdown table (only runs that trained on at
     most `max_seen` / at least `min_seen` samples when given, e.g. to put runs of one budget side by side)."""
     latest: dict[str, dict[str, Any]] = {}  # label -> record; ablations (--set runs) get their own rows
     for r in records:
-        if r.get("kind", "benchmark") == "benchmark" and r.get("dataset") == dataset and \
-                (max_seen is None or r["train_samples_seen"] <= max_seen) and \
-                (min_seen is None or r["train_samples_seen"] >= min_seen):
+        if (
+            r.get("kind", "benchmark") == "benchmark"
+            and r.get("dataset") == dataset
+            and (max_seen is None or r["train_samples_seen"] <= max_seen)
+            and (min_seen is None or r["train_samples_seen"] >= min_seen)
+        ):
             label = r.get("config", r["model"]) + (f" [{', '.join(r['set'])}]" if r.get("set") else "")
             latest[label] = r
     if not latest:
         return f"(no ranking results for {dataset})"
     tasks = list(next(iter(latest.values()))["tasks"])
-    head = ["model"] + [f"{t} AUC / GAUC" for t in tasks] + ["params dense (activated)", "emb params",
-                                                              "FLOPs/sample fwd", "train samples/s", "MFU",
-                                                              "samples seen"]
+    head = (
+        ["model"]
+        + [f"{t} AUC / GAUC" for t in tasks]
+        + ["params dense (activated)", "emb params", "FLOPs/sample fwd", "train samples/s", "MFU", "samples seen"]
+    )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for model, r in latest.items():
         p, t = r["params"], r["test"]
         dense = f"{p['dense'] / 1e6:.2f}M" + (f" ({p['activated'] / 1e6:.2f}M)" if p["activated"] != p["dense"] else "")
-        cells = [model] + [f"{t.get(f'{k}/auc', float('nan')):.4f} / {t.get(f'{k}/gauc', float('nan')):.4f}"
-                           for k in tasks]
-        cells += [dense, f"{p['embedding'] / 1e6:.2f}M", f"{r['flops_per_sample']['forward'] / 1e6:.2f}M",
-                  f"{r['throughput']['train_e2e_samples_per_s']:,.0f}", f"{100 * r['mfu']['train_e2e']:.2f}%",
-                  f"{r['train_samples_seen'] / 1e3:,.0f}k"]
+        cells = [model] + [
+            f"{t.get(f'{k}/auc', float('nan')):.4f} / {t.get(f'{k}/gauc', float('nan')):.4f}" for k in tasks
+        ]
+        cells += [
+            dense,
+            f"{p['embedding'] / 1e6:.2f}M",
+            f"{r['flops_per_sample']['forward'] / 1e6:.2f}M",
+            f"{r['throughput']['train_e2e_samples_per_s']:,.0f}",
+            f"{100 * r['mfu']['train_e2e']:.2f}%",
+            f"{r['train_samples_seen'] / 1e3:,.0f}k",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     oracles = [r for r in records if r.get("kind") == "oracle" and r.get("dataset") == dataset]
     if oracles:
         t = oracles[-1]["test"]
         cells = ["oracle: true probabilities, position-blind"] + [
-            f"{t.get(f'{k}/auc', float('nan')):.4f} / {t.get(f'{k}/gauc', float('nan')):.4f}" for k in tasks]
+            f"{t.get(f'{k}/auc', float('nan')):.4f} / {t.get(f'{k}/gauc', float('nan')):.4f}" for k in tasks
+        ]
         lines.append("| " + " | ".join(cells + ["-"] * (len(head) - len(cells))) + " |")
     return "\n".join(lines)
 
@@ -345,8 +429,14 @@ def update_expect(path: Path, records: list[dict[str, Any]]) -> str:
     name = load_bench_config(path).name
     lines = ["expect:"]
     for dataset, tasks in EXPECT_METRICS.items():
-        runs = [r for r in records if r.get("kind", "benchmark") == "benchmark" and r.get("dataset") == dataset
-                and r.get("config", r.get("model")) == name and not r.get("set")]
+        runs = [
+            r
+            for r in records
+            if r.get("kind", "benchmark") == "benchmark"
+            and r.get("dataset") == dataset
+            and r.get("config", r.get("model")) == name
+            and not r.get("set")
+        ]
         if not runs:
             continue
         r = runs[-1]
@@ -356,11 +446,12 @@ def update_expect(path: Path, records: list[dict[str, Any]]) -> str:
                 key = f"{task}/{metric}"
                 if key in r["test"]:
                     tolerance = 0.02 if task == "purchase" else 0.01
-                    lines.append(f"  {dataset}/test/{key}: {{value: {r['test'][key]:.4f}, tolerance: {tolerance}}}"
-                                 f"   # {stamp}")
+                    lines.append(
+                        f"  {dataset}/test/{key}: {{value: {r['test'][key]:.4f}, tolerance: {tolerance}}}   # {stamp}"
+                    )
     text = path.read_text()
     cut = text.find("\nexpect:", max(text.find(EXPECT_HEADER), 0))  # the block after the header comment
-    head = text[:cut + 1] if cut >= 0 else text.rstrip("\n") + "\n"
+    head = text[: cut + 1] if cut >= 0 else text.rstrip("\n") + "\n"
     block = "\n".join(lines) + "\n"
     tmp = path.with_suffix(".yaml.tmp")
     tmp.write_text(head + block)
@@ -373,8 +464,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=DATASETS, default="world")
     parser.add_argument("--models", default="", help="comma-separated config names (default: every config)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="ranker override on top of the config, e.g. features.dim=32, train.lr=1e-3")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="ranker override on top of the config, e.g. features.dim=32, train.lr=1e-3",
+    )
     parser.add_argument("--scale", action="store_true", help="run the config's scaling sweep (one model)")
     parser.add_argument("--metric", default=None, help="scaling metric (default <primary task>/auc)")
     parser.add_argument("--data-dir", type=Path, default=None, help="world cache root (default RECSTACK_HOME)")
@@ -382,14 +478,22 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--no-write", action="store_true", help="do not append to benchmarks/results")
     parser.add_argument("--table", action="store_true", help="print the Markdown table of recorded results")
-    parser.add_argument("--min-seen", type=int, default=None,
-                        help="--table: only runs that trained on at least this many samples")
-    parser.add_argument("--update-expect", action="store_true",
-                        help="rewrite the expect: block of the --models configs from their latest recorded runs")
-    parser.add_argument("--max-seen", type=int, default=None,
-                        help="--table: only runs that trained on at most this many samples")
-    parser.add_argument("--oracle", action="store_true",
-                        help="world only: record the AUC/GAUC of the world's true probabilities (the ceiling)")
+    parser.add_argument(
+        "--min-seen", type=int, default=None, help="--table: only runs that trained on at least this many samples"
+    )
+    parser.add_argument(
+        "--update-expect",
+        action="store_true",
+        help="rewrite the expect: block of the --models configs from their latest recorded runs",
+    )
+    parser.add_argument(
+        "--max-seen", type=int, default=None, help="--table: only runs that trained on at most this many samples"
+    )
+    parser.add_argument(
+        "--oracle",
+        action="store_true",
+        help="world only: record the AUC/GAUC of the world's true probabilities (the ceiling)",
+    )
     args = parser.parse_args(argv)
     if args.table:
         print(markdown_table(read_results(), args.dataset, args.max_seen, args.min_seen))
@@ -411,44 +515,75 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         for size in range(len(config.scale) if args.scale else 0):
             config.build_ranker(args.dataset, size, overrides)
     dataset, data_seconds = load_dataset(args.dataset, args.data_dir)
-    print(f"{args.dataset}: {dataset.num_users:,} users, {dataset.num_items:,} items, "
-          f"{dataset.interactions.height:,} rows ({data_seconds:.1f}s to load/generate)", flush=True)
+    print(
+        f"{args.dataset}: {dataset.num_users:,} users, {dataset.num_items:,} items, "
+        f"{dataset.interactions.height:,} rows ({data_seconds:.1f}s to load/generate)",
+        flush=True,
+    )
     peak = resolve_peak(configs[0].compute)
     print(f"peak {peak[0] / 1e9:.1f} GFLOP/s ({peak[1]})", flush=True)
-    header = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-                         f"{torch.get_num_threads()} threads",
-              "command": "python benchmarks/ranking.py " + " ".join(sys.argv[1:] if argv is None else argv),
-              "data": {"users": dataset.num_users, "items": dataset.num_items,
-                       "rows": dataset.interactions.height, "counts": dataset.meta.get("counts"),
-                       "split": dataset.meta.get("split"), "prepare": dataset.meta.get("config"),
-                       "generation": {k: v for k, v in dataset.meta.get("generation", {}).items() if k != "config"}}}
+    header = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads",
+        "command": "python benchmarks/ranking.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "data": {
+            "users": dataset.num_users,
+            "items": dataset.num_items,
+            "rows": dataset.interactions.height,
+            "counts": dataset.meta.get("counts"),
+            "split": dataset.meta.get("split"),
+            "prepare": dataset.meta.get("config"),
+            "generation": {k: v for k, v in dataset.meta.get("generation", {}).items() if k != "config"},
+        },
+    }
     if args.oracle:
         from recstack.world.benchmark_data import oracle_metrics
 
         if args.dataset != "world":
             raise ConfigError("--oracle: only the world has true probabilities")
-        record = {**header, "kind": "oracle", "dataset": "world",
-                  "test": {k: round(v, 4) for k, v in oracle_metrics(dataset, positions=False).items()},
-                  "test_with_positions": {k: round(v, 4) for k, v in oracle_metrics(dataset).items()}}
+        record = {
+            **header,
+            "kind": "oracle",
+            "dataset": "world",
+            "test": {k: round(v, 4) for k, v in oracle_metrics(dataset, positions=False).items()},
+            "test_with_positions": {k: round(v, 4) for k, v in oracle_metrics(dataset).items()},
+        }
         print("ORACLE (position-blind) " + " ".join(f"{k}={v:.4f}" for k, v in record["test"].items()))
         if not args.no_write:
             append_result(record)
         return [record]
     if args.scale:
-        return [run_scale(configs[0], dataset, args.dataset, overrides, peak, args.metric, header,
-                          not args.no_write, args.progress)]
+        return [
+            run_scale(
+                configs[0],
+                dataset,
+                args.dataset,
+                overrides,
+                peak,
+                args.metric,
+                header,
+                not args.no_write,
+                args.progress,
+            )
+        ]
     records = []
     for config in configs:
         print(f"== {config.name}", flush=True)
-        record = {**header, "kind": "benchmark", **run_one(config, dataset, args.dataset, overrides, peak,
-                                                           progress=args.progress)}
+        record = {
+            **header,
+            "kind": "benchmark",
+            **run_one(config, dataset, args.dataset, overrides, peak, progress=args.progress),
+        }
         record["overrides"], record["set"] = overrides, list(args.set)
         record["expect"] = check_expect(config, args.dataset, record["test"]) if not overrides else []
         print("TEST " + " ".join(f"{k}={v:.4f}" for k, v in record["test"].items() if "/" in k), flush=True)
         flops, rate = record["flops_per_sample"], record["throughput"]["train_e2e_samples_per_s"]
-        print(f"params {record['params']}, FLOPs/sample fwd {flops['forward']:.4g} train {flops['train']:.4g}, "
-              f"train {rate:.0f} samples/s (e2e), {record['seconds']['fit']}s fit", flush=True)
+        print(
+            f"params {record['params']}, FLOPs/sample fwd {flops['forward']:.4g} train {flops['train']:.4g}, "
+            f"train {rate:.0f} samples/s (e2e), {record['seconds']['fit']}s fit",
+            flush=True,
+        )
         for check in record["expect"]:
             print(f"expect {check['metric']}: {check['got']:.4f} {'pass' if check['pass'] else 'FAIL'}", flush=True)
         if not args.no_write:

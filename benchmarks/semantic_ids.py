@@ -48,21 +48,21 @@ from typing import Any
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("RECSTACK_HOME", "/tmp/recstack_bench")  # one embedding cache for every run
 
-import numpy as np  # noqa: E402
-import polars as pl  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import polars as pl
+import torch
 
-import recstack.semantic_ids.encoders  # noqa: E402,F401  (declares the item_encoder plugins)
-from recstack.cli.sid import quantizer_spec  # noqa: E402
-from recstack.data import catalog  # noqa: E402
-from recstack.data.dataset import Dataset  # noqa: E402
-from recstack.data.prepare import prepare  # noqa: E402
-from recstack.errors import DataError  # noqa: E402
-from recstack.paths import recstack_home  # noqa: E402
-from recstack.registry import build  # noqa: E402
-from recstack.semantic_ids import SemanticIds, code_diagnostics  # noqa: E402
-from recstack.semantic_ids.encoders import encode_items  # noqa: E402
-from recstack.semantic_ids.encoders.cache import EmbeddingCache  # noqa: E402
+import recstack.semantic_ids.encoders  # noqa: F401  (declares the item_encoder plugins)
+from recstack.cli.sid import quantizer_spec
+from recstack.data import catalog
+from recstack.data.dataset import Dataset
+from recstack.data.prepare import prepare
+from recstack.errors import DataError
+from recstack.paths import recstack_home
+from recstack.registry import build
+from recstack.semantic_ids import SemanticIds, code_diagnostics
+from recstack.semantic_ids.encoders import encode_items
+from recstack.semantic_ids.encoders.cache import EmbeddingCache
 
 
 # ---- data ------------------------------------------------------------------------------------------
@@ -71,8 +71,12 @@ def load_dataset(name: str, path: str | None, items: str) -> tuple[Dataset, dict
     raw = catalog.load_raw(name, path)
     listed = raw.items.height
     dataset = prepare(raw, catalog.dataset_info(name).prepare_config(), name=name)
-    info = {"raw_items_listed": listed, "catalogue_items": dataset.num_items, "users": dataset.num_users,
-            "interactions": dataset.interactions.height}
+    info = {
+        "raw_items_listed": listed,
+        "catalogue_items": dataset.num_items,
+        "users": dataset.num_users,
+        "interactions": dataset.interactions.height,
+    }
     if items == "all" and listed > dataset.num_items:
         dataset = widen_items(dataset, raw.items)
     info["items_used"] = dataset.num_items
@@ -93,15 +97,17 @@ def widen_items(dataset: Dataset, raw_items: pl.DataFrame) -> Dataset:
     lookup = np.zeros(dataset.num_items + 1, dtype=np.int32)
     lookup[old_to_new["item"].to_numpy()] = old_to_new["new"].to_numpy()
     interactions = dataset.interactions.with_columns(
-        pl.Series("item", lookup[dataset.interactions["item"].to_numpy()], dtype=pl.Int32))
+        pl.Series("item", lookup[dataset.interactions["item"].to_numpy()], dtype=pl.Int32)
+    )
     meta = dict(dataset.meta)
     meta["counts"] = {**meta.get("counts", {}), "items": items.height}
     return Dataset(name=dataset.name, interactions=interactions, items=items, users=dataset.users, meta=meta)
 
 
 # ---- quantizers --------------------------------------------------------------------------------------
-def quantizer_specs(names: list[str], levels: int, codebook: int, balance: str, seed: int,
-                    gmm_variants: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+def quantizer_specs(
+    names: list[str], levels: int, codebook: int, balance: str, seed: int, gmm_variants: list[dict[str, Any]]
+) -> list[tuple[str, dict[str, Any]]]:
     """(row label, registry spec) per quantizer to fit."""
     out = []
     for name in names:
@@ -177,8 +183,15 @@ def fit_one(label: str, spec: dict[str, Any], x: torch.Tensor) -> dict[str, Any]
         extra["em_iterations"] = [len(h) for h in model.history]
     if spec["name"] == "rq_vae":
         extra["final_loss"] = model.history[-1] if model.history else None
-    return {"label": label, "spec": spec, "codebook_sizes": model.codebook_sizes, "fit_seconds": fit_seconds,
-            "encode_seconds": encode_seconds, **extra, **diag}
+    return {
+        "label": label,
+        "spec": spec,
+        "codebook_sizes": model.codebook_sizes,
+        "fit_seconds": fit_seconds,
+        "encode_seconds": encode_seconds,
+        **extra,
+        **diag,
+    }
 
 
 def reference_row(dataset: Dataset, x: torch.Tensor, codebook: int) -> dict[str, Any] | None:
@@ -192,9 +205,15 @@ def reference_row(dataset: Dataset, x: torch.Tensor, codebook: int) -> dict[str,
     sizes = [max(codebook, int(codes[:, level].max()) + 1) for level in range(codes.shape[1])]
     diag = summarise(codes, sizes, x[present])
     diag["reconstruction_rmse"], diag["relative_rmse"] = diag["refit_rmse"], diag["refit_relative_rmse"]
-    return {"label": "reference (MiniOneRec index.json)", "codebook_sizes": sizes, "fit_seconds": None,
-            "items_with_reference_codes": len(present), "items_without_reference_codes": len(missing),
-            "rmse_note": "code-mean refit of their codes in our embedding space", **diag}
+    return {
+        "label": "reference (MiniOneRec index.json)",
+        "codebook_sizes": sizes,
+        "fit_seconds": None,
+        "items_with_reference_codes": len(present),
+        "items_without_reference_codes": len(missing),
+        "rmse_note": "code-mean refit of their codes in our embedding space",
+        **diag,
+    }
 
 
 # ---- report ------------------------------------------------------------------------------------------
@@ -204,8 +223,9 @@ def fmt_util(utilisation: float, used: int, size: int) -> str:
 
 
 def fmt_row(row: dict[str, Any]) -> str:
-    util = " | ".join(fmt_util(u, n, s) for u, n, s in zip(row["utilisation"], row["used_codes"],
-                                                          row["codebook_sizes"]))
+    util = " | ".join(
+        fmt_util(u, n, s) for u, n, s in zip(row["utilisation"], row["used_codes"], row["codebook_sizes"])
+    )
     if len(row["utilisation"]) < 3:
         util += " |" * (3 - len(row["utilisation"]))
     entropy = "/".join(f"{e:.2f}" for e in row["entropy_normalised"])
@@ -213,18 +233,23 @@ def fmt_row(row: dict[str, Any]) -> str:
     refit = "n/a ²" if max(row["codebook_sizes"]) > row["items"] else f"{row['refit_rmse']:.4f}"
     fit = "—" if row.get("fit_seconds") is None else f"{row['fit_seconds']:.1f}"
     label = row["label"] + (" ¹" if row["label"].startswith("reference") else "")
-    return (f"| {label} | {util} | {row['collision_rate']:.4f} | {row['max_items_per_tuple']} | "
-            f"{entropy} | {row['reconstruction_rmse']:.4f} | {row['relative_rmse']:.3f} | "
-            f"{refit} | {fit} | {'yes' if row['unique_after_dedup'] else 'NO'} |")
+    return (
+        f"| {label} | {util} | {row['collision_rate']:.4f} | {row['max_items_per_tuple']} | "
+        f"{entropy} | {row['reconstruction_rmse']:.4f} | {row['relative_rmse']:.3f} | "
+        f"{refit} | {fit} | {'yes' if row['unique_after_dedup'] else 'NO'} |"
+    )
 
 
 def markdown(result: dict[str, Any]) -> str:
     lines = []
     for encoder, block in result["encoders"].items():
-        lines += [f"#### {result['dataset']}, {encoder} embeddings ({block['items']:,} items × {block['dim']} d)", "",
-                  "| quantizer | util L1 | util L2 | util L3 | collision rate | max items/tuple | entropy L1/L2/L3 "
-                  "(norm.) | RMSE | rel. RMSE | refit RMSE | fit s | unique after de-dup |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"#### {result['dataset']}, {encoder} embeddings ({block['items']:,} items × {block['dim']} d)",
+            "",
+            "| quantizer | util L1 | util L2 | util L3 | collision rate | max items/tuple | entropy L1/L2/L3 "
+            "(norm.) | RMSE | rel. RMSE | refit RMSE | fit s | unique after de-dup |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         lines += [fmt_row(row) for row in block["rows"]]
         lines.append("")
     return "\n".join(lines)
@@ -251,30 +276,58 @@ def main() -> None:
 
     dataset, data_info = load_dataset(args.dataset, args.path, args.items)
     print(f"{args.dataset}: {data_info}", flush=True)
-    specs = quantizer_specs(args.quantizers.split(","), args.levels, args.codebook, args.balance, args.seed,
-                            json.loads(args.rq_gmm_variants))
+    specs = quantizer_specs(
+        args.quantizers.split(","),
+        args.levels,
+        args.codebook,
+        args.balance,
+        args.seed,
+        json.loads(args.rq_gmm_variants),
+    )
     cache = EmbeddingCache()
     result: dict[str, Any] = {
-        "benchmark": "semantic_ids", "dataset": args.dataset, "date": started_at, "args": vars(args),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                    "threads": args.threads, "load_average_at_start": [round(v, 2) for v in load]},
-        "recstack_home": str(recstack_home()), "data": data_info, "encoders": {}}
+        "benchmark": "semantic_ids",
+        "dataset": args.dataset,
+        "date": started_at,
+        "args": vars(args),
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "threads": args.threads,
+            "load_average_at_start": [round(v, 2) for v in load],
+        },
+        "recstack_home": str(recstack_home()),
+        "data": data_info,
+        "encoders": {},
+    }
     for encoder_name in args.encoders.split(","):
         encoder = build("item_encoder", {"name": encoder_name})
         started = time.perf_counter()
         embeddings = encode_items(encoder, dataset, cache)
         encode_seconds = time.perf_counter() - started
         x = embeddings[1:].contiguous()  # items 1..N, not the padding row
-        print(f"[{encoder_name}] {tuple(x.shape)} in {encode_seconds:.1f}s (cache {encoder.stats.get('cache')})",
-              flush=True)
-        block: dict[str, Any] = {"items": x.shape[0], "dim": x.shape[1], "encode_seconds": encode_seconds,
-                                 "encoder_model": encoder.model_id(), "encoder_stats": encoder.stats, "rows": []}
+        print(
+            f"[{encoder_name}] {tuple(x.shape)} in {encode_seconds:.1f}s (cache {encoder.stats.get('cache')})",
+            flush=True,
+        )
+        block: dict[str, Any] = {
+            "items": x.shape[0],
+            "dim": x.shape[1],
+            "encode_seconds": encode_seconds,
+            "encoder_model": encoder.model_id(),
+            "encoder_stats": encoder.stats,
+            "rows": [],
+        }
         for label, spec in specs:
             row = fit_one(label, spec, x)
             block["rows"].append(row)
-            print(f"  {label}: util {[round(u, 3) for u in row['utilisation']]} coll {row['collision_rate']:.4f} "
-                  f"max {row['max_items_per_tuple']} rmse {row['reconstruction_rmse']:.4f} "
-                  f"refit {row['refit_rmse']:.4f} fit {row['fit_seconds']:.1f}s", flush=True)
+            print(
+                f"  {label}: util {[round(u, 3) for u in row['utilisation']]} coll {row['collision_rate']:.4f} "
+                f"max {row['max_items_per_tuple']} rmse {row['reconstruction_rmse']:.4f} "
+                f"refit {row['refit_rmse']:.4f} fit {row['fit_seconds']:.1f}s",
+                flush=True,
+            )
         if encoder_name == "text":
             reference = reference_row(dataset, x, args.codebook)
             if reference is not None:

@@ -26,10 +26,10 @@ from pathlib import Path
 # The benchmark machine is shared: idle OpenMP threads that spin steal the cores they wait for.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import torch  # noqa: E402 (after the OpenMP setting)
+import torch
 
-from recstack.registry import build  # noqa: E402
-from recstack.semantic_ids import Quantizer, SemanticIds  # noqa: E402
+from recstack.registry import build
+from recstack.semantic_ids import Quantizer, SemanticIds
 
 DIM, CLUSTERS, CHUNK = 384, 4096, 65536
 
@@ -68,10 +68,20 @@ def encode_only(saved: str, total: int, seed: int) -> None:
     started = time.perf_counter()
     codes = torch.cat(list(quantizer.encode_stream(chunks(total, seed, first_index=1_000_000))))
     seconds = time.perf_counter() - started
-    print(json.dumps({"rows": total, "seconds": round(seconds, 1), "rows_per_second": round(total / seconds),
-                      "peak_rss_mb": round(peak_rss_mb(), 1), "rss_after_load_mb": round(rss_loaded, 1),
-                      "collision_rate": SemanticIds.from_codes(codes, quantizer.codebook_sizes)
-                      .diagnostics()["collision_rate"]}))
+    print(
+        json.dumps(
+            {
+                "rows": total,
+                "seconds": round(seconds, 1),
+                "rows_per_second": round(total / seconds),
+                "peak_rss_mb": round(peak_rss_mb(), 1),
+                "rss_after_load_mb": round(rss_loaded, 1),
+                "collision_rate": SemanticIds.from_codes(codes, quantizer.codebook_sizes).diagnostics()[
+                    "collision_rate"
+                ],
+            }
+        )
+    )
 
 
 def fit_one(spec: dict, x: torch.Tensor) -> tuple[Quantizer, dict]:
@@ -80,8 +90,16 @@ def fit_one(spec: dict, x: torch.Tensor) -> tuple[Quantizer, dict]:
     fit_seconds = time.perf_counter() - started
     codes = quantizer.encode(x)
     report = SemanticIds.from_codes(codes, quantizer.codebook_sizes, quantizer).diagnostics(x)
-    keep = ("utilisation", "entropy_normalised", "collision_rate", "unique_tuples", "max_items_per_tuple",
-            "reconstruction_rmse", "relative_rmse", "dedup_level_size")
+    keep = (
+        "utilisation",
+        "entropy_normalised",
+        "collision_rate",
+        "unique_tuples",
+        "max_items_per_tuple",
+        "reconstruction_rmse",
+        "relative_rmse",
+        "dedup_level_size",
+    )
     result = {"spec": spec, "fit_seconds": round(fit_seconds, 1), **{k: report[k] for k in keep}}
     print(json.dumps(result), flush=True)
     return quantizer, result
@@ -106,25 +124,50 @@ def main() -> None:
     specs = {
         "rq_kmeans": {"name": "rq_kmeans", "levels": 3, "codebook_size": 256, **common},
         "rq_gmm": {"name": "rq_gmm", "levels": 3, "codebook_size": 256, **common},
-        "res_kmeans_fsq": {"name": "res_kmeans_fsq", "kmeans_levels": 2, "codebook_size": 256, "fsq_dims": 13,
-                           "fsq_levels": 2, **common},
+        "res_kmeans_fsq": {
+            "name": "res_kmeans_fsq",
+            "kmeans_levels": 2,
+            "codebook_size": 256,
+            "fsq_dims": 13,
+            "fsq_levels": 2,
+            **common,
+        },
     }
-    result = {"benchmark": "sid_speed", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores visible, load average "
-                         f"{os.getloadavg()[0]:.1f} at start (shared machine)",
-              "threads": args.threads, "fit_rows": args.n, "dim": DIM,
-              "note": "encode_stream runs in a fresh process that loads the saved quantizer; its peak RSS "
-                      "includes ~240 MB of torch/faiss imports and the generation of 65,536-row synthetic chunks",
-              "quantizers": {}}
+    result = {
+        "benchmark": "sid_speed",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores visible, load average "
+        f"{os.getloadavg()[0]:.1f} at start (shared machine)",
+        "threads": args.threads,
+        "fit_rows": args.n,
+        "dim": DIM,
+        "note": "encode_stream runs in a fresh process that loads the saved quantizer; its peak RSS "
+        "includes ~240 MB of torch/faiss imports and the generation of 65,536-row synthetic chunks",
+        "quantizers": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for key, spec in specs.items():
             if args.only and key not in args.only:
                 continue
             quantizer, entry = fit_one(spec, x)
             quantizer.save(Path(tmp) / key)
-            child = subprocess.run([sys.executable, __file__, "--encode-only", str(Path(tmp) / key),
-                                    "--encode-n", str(args.encode_n), "--threads", str(args.threads),
-                                    "--seed", str(args.seed)], capture_output=True, text=True, check=True)
+            child = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--encode-only",
+                    str(Path(tmp) / key),
+                    "--encode-n",
+                    str(args.encode_n),
+                    "--threads",
+                    str(args.threads),
+                    "--seed",
+                    str(args.seed),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             entry["encode_stream"] = json.loads(child.stdout.strip().splitlines()[-1])
             print(json.dumps({key: entry["encode_stream"]}), flush=True)
             result["quantizers"][key] = entry

@@ -17,8 +17,10 @@ def make_raw(num_users: int = 30, num_items: int = 40, per_user: int = 8, seed: 
         users += [f"u{u}"] * per_user
         items += [f"i{i}" for i in chosen]
         times += sorted(rng.integers(0, 10_000, per_user).tolist())
-    frame = pl.DataFrame({"user": users, "item": items, "timestamp": times,
-                          "rating": rng.integers(1, 6, len(users)).astype(np.float64)})
-    item_table = pl.DataFrame({"item": [f"i{i}" for i in range(num_items)],
-                               "title": [f"item {i}" for i in range(num_items)]})
+    frame = pl.DataFrame(
+        {"user": users, "item": items, "timestamp": times, "rating": rng.integers(1, 6, len(users)).astype(np.float64)}
+    )
+    item_table = pl.DataFrame(
+        {"item": [f"i{i}" for i in range(num_items)], "title": [f"item {i}" for i in range(num_items)]}
+    )
     return RawTables("tiny", frame, items=item_table, labels=["rating"], text_fields=["title"])

@@ -1,8 +1,8 @@
 import json
 
+import polars as pl
 import pytest
 import torch
-import polars as pl
 import yaml
 from typer.testing import CliRunner
 
@@ -28,9 +28,14 @@ def world_dataset():
 
 
 def config(**overrides) -> RunConfig:
-    base = {"name": "t", "dataset": {"name": "tinyworld"}, "channels": FAST_CHANNELS, "ranker": None,
-            "merge": {"k_total": 50, "quotas": {"popular": 20, "itemcf": 40, "swing": 40}},
-            "eval": {"ks": [10, 20, 50]}}
+    base = {
+        "name": "t",
+        "dataset": {"name": "tinyworld"},
+        "channels": FAST_CHANNELS,
+        "ranker": None,
+        "merge": {"k_total": 50, "quotas": {"popular": 20, "itemcf": 40, "swing": 40}},
+        "eval": {"ks": [10, 20, 50]},
+    }
     base.update(overrides)
     return from_dict(RunConfig, base)
 
@@ -53,8 +58,9 @@ def test_cascade_save_load_identical_pages(world_dataset, tmp_path):
 
 def test_cascade_evaluate_reports_every_stage(world_dataset, tmp_path):
     # quotas sum to k_total, so the merged list is the union of each channel's top-quota items
-    cfg = config(merge={"k_total": 100, "quotas": {"popular": 20, "itemcf": 40, "swing": 40}},
-                 eval={"ks": [20, 40, 100]})
+    cfg = config(
+        merge={"k_total": 100, "quotas": {"popular": 20, "itemcf": 40, "swing": 40}}, eval={"ks": [20, 40, 100]}
+    )
     cascade = Cascade(cfg).fit(world_dataset, progress=lambda m: None)
     metrics = cascade.evaluate(world_dataset, "test")
     report = metrics["retrieval"]
@@ -76,9 +82,15 @@ def test_unknown_component_and_bad_key_fail_at_once():
 
 
 def write_config(tmp_path, **overrides):
-    data = {"name": "cli", "dataset": {"name": "tinyworld"}, "channels": FAST_CHANNELS, "ranker": None,
-            "merge": {"k_total": 50}, "eval": {"ks": [10, 50]},
-            "expect": {"test/page/ndcg@10": {"min": 0.0}}}
+    data = {
+        "name": "cli",
+        "dataset": {"name": "tinyworld"},
+        "channels": FAST_CHANNELS,
+        "ranker": None,
+        "merge": {"k_total": 50},
+        "eval": {"ks": [10, 50]},
+        "expect": {"test/page/ndcg@10": {"min": 0.0}},
+    }
     data.update(overrides)
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -135,8 +147,10 @@ def test_shipped_configs_build(name):
 
 
 def test_page_tuning_weighs_channels_and_survives_save_load(world_dataset, tmp_path):
-    cfg = config(ranker={"name": "dcn_din_mmoe", "train": {"epochs": 1, "batch_size": 256}},
-                 page={"k": 10, "tune": True, "tune_grid": [0.0, 0.5, 5.0], "tune_rounds": 1})
+    cfg = config(
+        ranker={"name": "dcn_din_mmoe", "train": {"epochs": 1, "batch_size": 256}},
+        page={"k": 10, "tune": True, "tune_grid": [0.0, 0.5, 5.0], "tune_rounds": 1},
+    )
     cascade = Cascade(cfg).fit(world_dataset, tmp_path / "run", progress=lambda m: None)
     tuning = cascade.page_tuning
     assert tuning["ndcg_after"] >= tuning["ndcg_before"]
@@ -173,9 +187,12 @@ def test_positive_only_logs_keep_every_row_for_retrieval(world_dataset):
     # a MovieLens-like log: rating, a derived like that varies, and view = 1 everywhere
     frame = world_dataset.interactions
     ratings = (frame["item"] % 5 + 1).cast(pl.Int8)
-    logged = Dataset(world_dataset.name, frame.with_columns(rating=ratings, like=(ratings >= 4).cast(pl.Int8),
-                                                            view=pl.lit(1, pl.Int8)),
-                     world_dataset.items, world_dataset.users, {**world_dataset.meta,
-                                                                "labels": ["rating", "like", "view"]})
+    logged = Dataset(
+        world_dataset.name,
+        frame.with_columns(rating=ratings, like=(ratings >= 4).cast(pl.Int8), view=pl.lit(1, pl.Int8)),
+        world_dataset.items,
+        world_dataset.users,
+        {**world_dataset.meta, "labels": ["rating", "like", "view"]},
+    )
     assert logged.binary_labels() == ["like", "view"] and not logged.is_impression_log()
     assert Cascade(config()).retrieval_view(logged) is logged

@@ -37,9 +37,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
-
 import recbole
+import torch
 from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
 from recbole.trainer import Trainer
@@ -131,6 +130,7 @@ def timed(fn, sink: list[float]):
         out = fn(*a, **kw)
         sink.append(time.perf_counter() - start)
         return out
+
     return wrapper
 
 
@@ -154,8 +154,11 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=2020)
     parser.add_argument("--out", type=Path, default=None, help="result JSON (default benchmarks/results/...)")
-    parser.add_argument("--stock-anomaly-detection", action="store_true",
-                        help="leave on the autograd anomaly detection that importing RecBole's SINE switches on")
+    parser.add_argument(
+        "--stock-anomaly-detection",
+        action="store_true",
+        help="leave on the autograd anomaly detection that importing RecBole's SINE switches on",
+    )
     parser.add_argument("--keep-tmp", action="store_true", help="keep the temporary work folder")
     args = parser.parse_args()
 
@@ -174,8 +177,10 @@ def main() -> int:
         os.chdir(workdir)  # RecBole writes log/, log_tensorboard/ and saved/ relative to the cwd
         t0 = time.perf_counter()
         users, items, n_inter = write_inter(seq_file, workdir / "data", args.dataset)
-        print(f"[recbole_sasrec] wrote {workdir / 'data' / args.dataset}: "
-              f"{users} users, {items} items, {n_inter} interactions")
+        print(
+            f"[recbole_sasrec] wrote {workdir / 'data' / args.dataset}: "
+            f"{users} users, {items} items, {n_inter} interactions"
+        )
         if args.dataset in EXPECTED and (users, items, n_inter) != EXPECTED[args.dataset]:
             raise SystemExit(f"unexpected source stats {(users, items, n_inter)} != {EXPECTED[args.dataset]}")
 
@@ -192,8 +197,10 @@ def main() -> int:
         train_data, valid_data, test_data = data_preparation(config, dataset)
         prep_seconds = time.perf_counter() - t0
         n_train = len(train_data.dataset)
-        print(f"[recbole_sasrec] RecBole kept {rb_users} users, {rb_items} items, {rb_inter} interactions; "
-              f"{n_train} training samples, {len(train_data)} batches/epoch; prep {prep_seconds:.1f}s")
+        print(
+            f"[recbole_sasrec] RecBole kept {rb_users} users, {rb_items} items, {rb_inter} interactions; "
+            f"{n_train} training samples, {len(train_data)} batches/epoch; prep {prep_seconds:.1f}s"
+        )
 
         init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
         model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
@@ -247,20 +254,42 @@ def main() -> int:
             "best_valid": {k: round(float(v), 4) for k, v in (best_valid or {}).items()} or None,
             "best_valid_ndcg@10": round(float(best_valid_score), 4) if best_valid else None,
             "test": test,
-            "data": {"users": rb_users, "items": rb_items, "interactions": rb_inter,
-                     "train_samples": n_train, "train_batches_per_epoch": len(train_data)},
-            "settings": {"max_len": args.max_len, "hidden": 64, "layers": 2, "heads": 2, "dropout": args.dropout,
-                         "loss": "CE", "train_batch_size": 256, "lr": 1e-3, "eval_batch_size": args.eval_batch_size,
-                         "split": "leave-one-out", "ranking": "full",
-                         "stopping_step": 10 if args.full else None,
-                         "max_epochs": args.max_epochs if args.full else args.epochs, "seed": args.seed},
-            "versions": {"recbole": recbole.__version__, "torch": torch.__version__,
-                         "python": platform.python_version()},
-            "autograd_anomaly_detection": {"enabled_by_recbole_import": anomaly_on_by_recbole,
-                                           "used": torch.is_anomaly_enabled()},
+            "data": {
+                "users": rb_users,
+                "items": rb_items,
+                "interactions": rb_inter,
+                "train_samples": n_train,
+                "train_batches_per_epoch": len(train_data),
+            },
+            "settings": {
+                "max_len": args.max_len,
+                "hidden": 64,
+                "layers": 2,
+                "heads": 2,
+                "dropout": args.dropout,
+                "loss": "CE",
+                "train_batch_size": 256,
+                "lr": 1e-3,
+                "eval_batch_size": args.eval_batch_size,
+                "split": "leave-one-out",
+                "ranking": "full",
+                "stopping_step": 10 if args.full else None,
+                "max_epochs": args.max_epochs if args.full else args.epochs,
+                "seed": args.seed,
+            },
+            "versions": {
+                "recbole": recbole.__version__,
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+            },
+            "autograd_anomaly_detection": {
+                "enabled_by_recbole_import": anomaly_on_by_recbole,
+                "used": torch.is_anomaly_enabled(),
+            },
             "threads": torch.get_num_threads(),
-            "omp_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")
-                        if k in os.environ},
+            "omp_env": {
+                k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS") if k in os.environ
+            },
             "loadavg_1m": {"start": round(load_start[0], 2), "end": round(os.getloadavg()[0], 2)},
             "device": "cpu",
             "host": f"{platform.machine()} {os.cpu_count()} cpus",

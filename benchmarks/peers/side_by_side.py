@@ -41,9 +41,22 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         recbole_out = Path(tmp) / "recbole.json"
         load_before = os.getloadavg()[0]
-        subprocess.run([str(RECBOLE_PY), str(HERE / "recbole_sasrec.py"), "--dataset", "amazon-beauty",
-                        "--epochs", str(args.recbole_epochs), "--threads", str(args.threads),
-                        "--out", str(recbole_out)], check=True, env=env)
+        subprocess.run(
+            [
+                str(RECBOLE_PY),
+                str(HERE / "recbole_sasrec.py"),
+                "--dataset",
+                "amazon-beauty",
+                "--epochs",
+                str(args.recbole_epochs),
+                "--threads",
+                str(args.threads),
+                "--out",
+                str(recbole_out),
+            ],
+            check=True,
+            env=env,
+        )
         recbole = json.loads(recbole_out.read_text().strip().splitlines()[-1])
         recbole["loadavg_1m_around"] = [load_before, os.getloadavg()[0]]
 
@@ -51,8 +64,9 @@ def main(argv: list[str] | None = None) -> dict:
     from sequential import main as run_sequential  # recstack's own benchmark, same preset as BENCHMARKS.md
 
     load_before = os.getloadavg()[0]
-    ours = run_sequential(["--dataset", "amazon-beauty", "--model", "sasrec", "--threads", str(args.threads),
-                           "--no-write"])
+    ours = run_sequential(
+        ["--dataset", "amazon-beauty", "--model", "sasrec", "--threads", str(args.threads), "--no-write"]
+    )
     ours["loadavg_1m_around"] = [load_before, os.getloadavg()[0]]
 
     target = recbole["best_valid"]["ndcg@10"]
@@ -68,15 +82,24 @@ def main(argv: list[str] | None = None) -> dict:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": "python benchmarks/peers/side_by_side.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "threads": args.threads,
-        "recbole": {"seconds_per_train_epoch": recbole_epoch, "epochs": recbole["epochs_run"],
-                    "best_valid": recbole["best_valid"], "loadavg_1m_around": recbole["loadavg_1m_around"]},
-        "recstack": {"seconds_per_train_epoch": ours_epoch, "epochs": ours["epochs_run"],
-                     "valid_best": ours["valid_best"], "test": ours["test"],
-                     "loadavg_1m_around": ours["loadavg_1m_around"]},
+        "recbole": {
+            "seconds_per_train_epoch": recbole_epoch,
+            "epochs": recbole["epochs_run"],
+            "best_valid": recbole["best_valid"],
+            "loadavg_1m_around": recbole["loadavg_1m_around"],
+        },
+        "recstack": {
+            "seconds_per_train_epoch": ours_epoch,
+            "epochs": ours["epochs_run"],
+            "valid_best": ours["valid_best"],
+            "test": ours["test"],
+            "loadavg_1m_around": ours["loadavg_1m_around"],
+        },
         "speedup_per_epoch": round(recbole_epoch / ours_epoch, 1),
         "recstack_reaches_recbole_valid_ndcg10": reached,
-        "recbole_seconds_to_its_best": round(recbole_epoch * recbole["epochs_run"]
-                                             + sum(recbole["seconds_per_valid_eval"]["list"]), 1),
+        "recbole_seconds_to_its_best": round(
+            recbole_epoch * recbole["epochs_run"] + sum(recbole["seconds_per_valid_eval"]["list"]), 1
+        ),
     }
     print(json.dumps(result, indent=1))
     tmp = args.out.with_suffix(".json.tmp")

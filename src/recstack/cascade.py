@@ -1,18 +1,19 @@
 """Cascade = retrieval channels -> merge -> ranker -> page, fitted from one RunConfig.
 
-    cascade = Cascade(config).fit(dataset, run_dir)     # resumes from whatever run_dir already holds
-    page = cascade.recommend(dataset.user_batch(users), k=10)
-    metrics = cascade.evaluate(dataset, "test")
-    Cascade.load(run_dir)
+cascade = Cascade(config).fit(dataset, run_dir)     # resumes from whatever run_dir already holds
+page = cascade.recommend(dataset.user_batch(users), k=10)
+metrics = cascade.evaluate(dataset, "test")
+Cascade.load(run_dir)
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -32,8 +33,12 @@ Progress = Callable[[str], None]
 
 def _default_channels() -> dict[str, dict[str, Any]]:
     """The default cascade (ML-100K, < 10 min on 2 CPU cores): three classic channels and SASRec."""
-    return {"popular": {"name": "popular"}, "itemcf": {"name": "itemcf"}, "swing": {"name": "swing"},
-            "sasrec": {"name": "sasrec", "train": {"epochs": 40, "patience": 5, "progress": True}}}
+    return {
+        "popular": {"name": "popular"},
+        "itemcf": {"name": "itemcf"},
+        "swing": {"name": "swing"},
+        "sasrec": {"name": "sasrec", "train": {"epochs": 40, "patience": 5, "progress": True}},
+    }
 
 
 def _default_ranker() -> dict[str, Any]:
@@ -103,7 +108,8 @@ class Cascade:
     def __init__(self, config: RunConfig) -> None:
         self.config = config
         self.channels: dict[str, Retriever] = {
-            alias: build("retriever", spec, where=f"channels.{alias}") for alias, spec in config.channels.items()}
+            alias: build("retriever", spec, where=f"channels.{alias}") for alias, spec in config.channels.items()
+        }
         self.ranker = build("ranker", config.ranker, where="ranker") if config.ranker else None
         self.train_seconds: dict[str, float] = {}
         self.page_tuning: dict[str, Any] | None = None
@@ -116,7 +122,7 @@ class Cascade:
         return dataset.positives(label) if label else dataset
 
     # ---- training -------------------------------------------------------------------------------
-    def fit(self, dataset: Dataset, run_dir: str | Path | None = None, progress: Progress = print) -> "Cascade":
+    def fit(self, dataset: Dataset, run_dir: str | Path | None = None, progress: Progress = print) -> Cascade:
         """Fit every stage; stages already saved in `run_dir` are loaded instead (resume)."""
         run_dir = Path(run_dir) if run_dir else None
         view = self.retrieval_view(dataset)
@@ -172,8 +178,10 @@ class Cascade:
             merged_parts.append(merged)
             score_parts.append(self.ranker.score(batch, merged))
         merged = _concat(merged_parts)
-        scores = {t: torch.cat([torch.nn.functional.pad(p[t], (0, merged.k - p[t].shape[1])) for p in score_parts])
-                  for t in score_parts[0]}
+        scores = {
+            t: torch.cat([torch.nn.functional.pad(p[t], (0, merged.k - p[t].shape[1])) for p in score_parts])
+            for t in score_parts[0]
+        }
         started = time.perf_counter()
         self.page_tuning = tune_page_weights(merged, scores, self.config.page.weights, targets, self.config.page)
         self.page_tuning["seconds"] = round(time.perf_counter() - started, 2)
@@ -195,10 +203,12 @@ class Cascade:
 
     def retrieve(self, batch: UserBatch, k: int | None = None) -> tuple[dict[str, Candidates], Candidates]:
         """Per-channel candidates (each at least its quota, or `k`) and the merged list."""
-        per_channel = {alias: channel.retrieve(batch, max(k or 0, self.quota(alias)))
-                       for alias, channel in self.channels.items()}
-        merged = merge_candidates(per_channel, self.config.merge.quotas, self.config.merge.k_total,
-                                  self.config.merge.normalise)
+        per_channel = {
+            alias: channel.retrieve(batch, max(k or 0, self.quota(alias))) for alias, channel in self.channels.items()
+        }
+        merged = merge_candidates(
+            per_channel, self.config.merge.quotas, self.config.merge.k_total, self.config.merge.normalise
+        )
         return per_channel, merged
 
     def rank(self, batch: UserBatch, merged: Candidates, k: int) -> Page:
@@ -237,9 +247,11 @@ class Cascade:
         merged = _concat(merged_parts)
         report = channel_report(per_channel, merged, targets, [k for k in self.config.eval.ks if k <= merged.k])
         page_items = torch.cat([p.items for p in page_parts])
-        metrics: dict[str, Any] = {"users": int(users.numel()), "retrieval": report,
-                                   "page": topk_metrics(page_items, targets, self.config.eval.page_ks,
-                                                        ("recall", "ndcg", "hr", "mrr"))}
+        metrics: dict[str, Any] = {
+            "users": int(users.numel()),
+            "retrieval": report,
+            "page": topk_metrics(page_items, targets, self.config.eval.page_ks, ("recall", "ndcg", "hr", "mrr")),
+        }
         metrics["channel_overlap"] = channel_overlap(merged)
         if self.ranker is not None:
             from recstack.ranking.base import evaluate_ranker
@@ -258,7 +270,7 @@ class Cascade:
         write_json(run_dir / "config.json", to_dict(self.config), sort_keys=False)  # channel order matters
 
     @staticmethod
-    def load(run_dir: str | Path) -> "Cascade":
+    def load(run_dir: str | Path) -> Cascade:
         run_dir = Path(run_dir)
         if not (run_dir / "config.json").is_file():
             raise DataError(f"{run_dir} is not a recstack run folder (no config.json); run `recstack run` first")
@@ -304,6 +316,10 @@ def _concat(parts: list[Candidates]) -> Candidates:
     evidence = None
     if all(p.channel_scores is not None for p in parts):
         evidence = torch.cat([torch.nn.functional.pad(p.channel_scores, (0, 0, 0, k - p.k)) for p in parts])
-    return Candidates(torch.cat([pad(p.items, 0) for p in parts]),
-                      torch.cat([pad(p.scores, float("-inf")) for p in parts]),
-                      torch.cat([pad(p.channels, 0) for p in parts]), parts[0].channel_names, evidence)
+    return Candidates(
+        torch.cat([pad(p.items, 0) for p in parts]),
+        torch.cat([pad(p.scores, float("-inf")) for p in parts]),
+        torch.cat([pad(p.channels, 0) for p in parts]),
+        parts[0].channel_names,
+        evidence,
+    )

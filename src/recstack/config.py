@@ -47,8 +47,9 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"unknown key {_join(where, unknown[0])!s} in {cls.__name__}; "
-                          f"valid keys: {', '.join(sorted(fields))}")
+        raise ConfigError(
+            f"unknown key {_join(where, unknown[0])!s} in {cls.__name__}; valid keys: {', '.join(sorted(fields))}"
+        )
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in data.items():

@@ -14,8 +14,9 @@ def recstack_home() -> Path:
     try:
         home.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise DataError(f"RECSTACK_HOME={home} cannot be created: {exc.strerror}. "
-                        "Set RECSTACK_HOME to a writable folder.") from exc
+        raise DataError(
+            f"RECSTACK_HOME={home} cannot be created: {exc.strerror}. Set RECSTACK_HOME to a writable folder."
+        ) from exc
     if not os.access(home, os.W_OK):
         raise DataError(f"RECSTACK_HOME={home} is not writable. Set RECSTACK_HOME to a writable folder.")
     return home

@@ -1,18 +1,19 @@
 """Name -> class registries, one per component kind ("retriever", "ranker", "quantizer", ...).
 
-    @register("retriever", "sasrec", config=SASRecConfig)
-    class SASRec: ...
+@register("retriever", "sasrec", config=SASRecConfig)
+class SASRec: ...
 
-    build("retriever", {"name": "sasrec", "dim": 64})  # -> SASRec(SASRecConfig(dim=64))
+build("retriever", {"name": "sasrec", "dim": 64})  # -> SASRec(SASRecConfig(dim=64))
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from recstack.config import from_dict
 from recstack.errors import ConfigError, DataError

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterator
 
 
 @contextmanager
@@ -14,7 +14,7 @@ def serve(files: dict[str, bytes], honour_range: bool = True) -> Iterator[tuple[
     log: list[dict] = []
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server API)
+        def do_GET(self) -> None:
             log.append({"path": self.path, "range": self.headers.get("Range")})
             body = files.get(self.path)
             if body is None:
@@ -23,7 +23,7 @@ def serve(files: dict[str, bytes], honour_range: bool = True) -> Iterator[tuple[
             start = 0
             requested = self.headers.get("Range")
             if honour_range and requested and requested.startswith("bytes="):
-                start = int(requested[len("bytes="):].split("-")[0])
+                start = int(requested[len("bytes=") :].split("-")[0])
                 if start >= len(body):
                     self.send_error(416)
                     return

@@ -13,16 +13,32 @@ from pathlib import Path
 import pytest
 
 from recstack.data import catalog, download
-from recstack.data.catalog import (DatasetInfo, WheelDownload, ZipDownload, dataset_folder, fetch, list_datasets,
-                                   load_raw)
+from recstack.data.catalog import (
+    DatasetInfo,
+    WheelDownload,
+    ZipDownload,
+    dataset_folder,
+    fetch,
+    list_datasets,
+    load_raw,
+)
 from recstack.data.prepare import PrepareConfig, prepare
 from recstack.data.sources import source_names
 from recstack.errors import DataError
 from tests.data.local_http import closed_port_url, serve
 from tests.data.test_sources import write_100k, write_recbole_100k
 
-NAMES = ["ml-100k", "ml-1m", "ml-latest-small", "amazon-beauty", "amazon-scientific", "amazon-industrial",
-         "kuairand-pure", "kuairec", "generic"]
+NAMES = [
+    "ml-100k",
+    "ml-1m",
+    "ml-latest-small",
+    "amazon-beauty",
+    "amazon-scientific",
+    "amazon-industrial",
+    "kuairand-pure",
+    "kuairec",
+    "generic",
+]
 
 
 def test_every_entry_names_a_real_source_and_a_valid_prepare_config():
@@ -86,9 +102,13 @@ def tiny_ml100k(tmp_path, monkeypatch):
     monkeypatch.setattr(download.subprocess, "run", fake_pip)
 
     def use(zip_url: str) -> None:
-        info = dataclasses.replace(catalog.DATASETS["ml-100k"], downloads=(
-            ZipDownload(zip_url, "ml-100k/", digests(grouplens), timeout=2.0),
-            WheelDownload("recbole", "1.2.1", "recbole/dataset_example/ml-100k/", digests(recbole))))
+        info = dataclasses.replace(
+            catalog.DATASETS["ml-100k"],
+            downloads=(
+                ZipDownload(zip_url, "ml-100k/", digests(grouplens), timeout=2.0),
+                WheelDownload("recbole", "1.2.1", "recbole/dataset_example/ml-100k/", digests(recbole)),
+            ),
+        )
         monkeypatch.setitem(catalog.DATASETS, "ml-100k", info)
 
     return use, zip_of(grouplens, "ml-100k/")

@@ -47,9 +47,8 @@ def test_fetch_restarts_when_the_server_ignores_the_range(tmp_path):
 
 def test_checksum_mismatch_is_an_error_and_leaves_no_file(tmp_path):
     dest = tmp_path / "data.bin"
-    with serve({"/data.bin": BODY}) as (base, _):
-        with pytest.raises(DataError, match="checksum mismatch"):
-            fetch_url(f"{base}/data.bin", dest, sha256="0" * 64, progress=False)
+    with serve({"/data.bin": BODY}) as (base, _), pytest.raises(DataError, match="checksum mismatch"):
+        fetch_url(f"{base}/data.bin", dest, sha256="0" * 64, progress=False)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -57,9 +56,8 @@ def test_unreachable_and_missing_urls_are_data_errors(tmp_path):
     url = closed_port_url()
     with pytest.raises(DataError, match="127.0.0.1"):
         fetch_url(url, tmp_path / "x.zip", timeout=2, progress=False)
-    with serve({}) as (base, _):
-        with pytest.raises(DataError, match="404"):
-            fetch_url(f"{base}/nope.zip", tmp_path / "nope.zip", progress=False)
+    with serve({}) as (base, _), pytest.raises(DataError, match="404"):
+        fetch_url(f"{base}/nope.zip", tmp_path / "nope.zip", progress=False)
     assert not (tmp_path / "x.zip").exists() and not (tmp_path / "nope.zip").exists()
 
 
@@ -71,8 +69,14 @@ def make_wheel(members: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
-WHEEL = make_wheel({"pkg/data/toy/a.txt": b"alpha\n", "pkg/data/toy/sub/b.txt": b"beta\n",
-                    "pkg/__init__.py": b"", "pkg-1.0.dist-info/METADATA": b"Name: pkg\n"})
+WHEEL = make_wheel(
+    {
+        "pkg/data/toy/a.txt": b"alpha\n",
+        "pkg/data/toy/sub/b.txt": b"beta\n",
+        "pkg/__init__.py": b"",
+        "pkg-1.0.dist-info/METADATA": b"Name: pkg\n",
+    }
+)
 
 
 @pytest.fixture

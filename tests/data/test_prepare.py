@@ -48,8 +48,16 @@ def test_history_before_split_excludes_targets():
 
 
 def test_dedup_and_kcore_are_reported():
-    rows = [("a", "x", 1), ("a", "x", 1), ("a", "y", 2), ("a", "z", 3), ("b", "x", 1), ("b", "y", 2),
-            ("b", "z", 4), ("c", "q", 1)]
+    rows = [
+        ("a", "x", 1),
+        ("a", "x", 1),
+        ("a", "y", 2),
+        ("a", "z", 3),
+        ("b", "x", 1),
+        ("b", "y", 2),
+        ("b", "z", 4),
+        ("c", "q", 1),
+    ]
     ds = prepare(raw_from(rows), PrepareConfig(min_user_interactions=2, min_item_interactions=2))
     steps = {s["step"]: s for s in ds.meta["report"]}
     assert steps["dedup"]["rows_removed"] == 1
@@ -60,16 +68,30 @@ def test_dedup_and_kcore_are_reported():
 
 def test_kcore_iterates_until_stable():
     # item "w" has 2 users, but one of them (d) falls below 2 interactions after "v" goes -> w falls too.
-    rows = [("a", "x", 1), ("a", "y", 2), ("b", "x", 1), ("b", "y", 2), ("c", "w", 1), ("c", "x", 2),
-            ("d", "w", 1), ("d", "v", 2)]
+    rows = [
+        ("a", "x", 1),
+        ("a", "y", 2),
+        ("b", "x", 1),
+        ("b", "y", 2),
+        ("c", "w", 1),
+        ("c", "x", 2),
+        ("d", "w", 1),
+        ("d", "v", 2),
+    ]
     ds = prepare(raw_from(rows), PrepareConfig(min_user_interactions=2, min_item_interactions=2))
     assert sorted(ds.items["raw_id"].to_list()) == ["x", "y"]
     assert ds.meta["report"][0]["details"]["rounds"] >= 2
 
 
 def test_given_split_is_kept():
-    frame = pl.DataFrame({"user": ["a"] * 4, "item": ["p", "q", "r", "s"], "timestamp": [0, 1, 2, 3],
-                          "split": ["train", "train", "test", "valid"]})
+    frame = pl.DataFrame(
+        {
+            "user": ["a"] * 4,
+            "item": ["p", "q", "r", "s"],
+            "timestamp": [0, 1, 2, 3],
+            "split": ["train", "train", "test", "valid"],
+        }
+    )
     ds = prepare(RawTables("given", frame))
     assert ds.meta["split"] == "given"
     assert ds.interactions["split"].to_list() == [TRAIN, TRAIN, TEST, VALID]
@@ -132,8 +154,15 @@ def test_unknown_ids_error_or_reported_drop():
 
 
 def test_scenario_and_event_become_codes():
-    frame = pl.DataFrame({"user": ["a", "a", "b"], "item": ["x", "y", "x"], "timestamp": [1, 2, 3],
-                          "scenario": ["search", "feed", "feed"], "event": ["click", "click", "buy"]})
+    frame = pl.DataFrame(
+        {
+            "user": ["a", "a", "b"],
+            "item": ["x", "y", "x"],
+            "timestamp": [1, 2, 3],
+            "scenario": ["search", "feed", "feed"],
+            "event": ["click", "click", "buy"],
+        }
+    )
     ds = prepare(RawTables("s", frame))
     assert ds.meta["scenario_names"] == ["feed", "search"]
     assert ds.interactions["scenario"].dtype == pl.Int16

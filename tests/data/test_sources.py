@@ -12,11 +12,33 @@ import pytest
 from recstack.data.sources import get_source, source_names
 from recstack.errors import ConfigError, DataError
 
-GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
-          "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western"]
+GENRES = [
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+]
 # (item, title, year, genres): "Café" checks latin-1 decoding, the trailing space the strip.
-MOVIES = [("1", "Toy Story", "1995", ["Animation", "Children's", "Comedy"]), ("2", "Café", "1996", ["Drama"]),
-          ("3", "Land Before Time III (1995)", "V", ["Animation"])]
+MOVIES = [
+    ("1", "Toy Story", "1995", ["Animation", "Children's", "Comedy"]),
+    ("2", "Café", "1996", ["Drama"]),
+    ("3", "Land Before Time III (1995)", "V", ["Animation"]),
+]
 RATINGS = [("1", "1", 5, 100), ("1", "2", 3, 50), ("2", "2", 4, 70), ("2", "3", 1, 80), ("3", "1", 2, 90)]
 USERS = [("1", 24, "M", "technician", "85711"), ("2", 53, "F", "other", "94043"), ("3", 23, "M", "writer", "32067")]
 
@@ -28,8 +50,10 @@ def grouplens_title(title: str, year: str) -> str:
 def write_100k(folder: Path) -> Path:
     folder.mkdir(exist_ok=True)
     (folder / "u.data").write_text("".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in RATINGS))
-    lines = [f"{i}|{grouplens_title(t, y)} |01-Jan-{y}||http://x|" + "|".join("1" if g in gs else "0" for g in GENRES)
-             for i, t, y, gs in MOVIES]
+    lines = [
+        f"{i}|{grouplens_title(t, y)} |01-Jan-{y}||http://x|" + "|".join("1" if g in gs else "0" for g in GENRES)
+        for i, t, y, gs in MOVIES
+    ]
     (folder / "u.item").write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
     (folder / "u.user").write_text("".join(f"{u}|{a}|{g}|{o}|{z}\n" for u, a, g, o, z in USERS))
     (folder / "u.genre").write_text("".join(f"{g}|{i}\n" for i, g in enumerate(GENRES)) + "\n")
@@ -38,12 +62,18 @@ def write_100k(folder: Path) -> Path:
 
 def write_recbole_100k(folder: Path) -> Path:
     folder.mkdir(exist_ok=True)
-    (folder / "ml-100k.inter").write_text("user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
-                                          + "".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in RATINGS))
-    (folder / "ml-100k.item").write_text("item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
-                                         + "".join(f"{i}\t{t}\t{y}\t{' '.join(gs)}\n" for i, t, y, gs in MOVIES))
-    (folder / "ml-100k.user").write_text("user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token\n"
-                                         + "".join(f"{u}\t{a}\t{g}\t{o}\t{z}\n" for u, a, g, o, z in USERS))
+    (folder / "ml-100k.inter").write_text(
+        "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+        + "".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in RATINGS)
+    )
+    (folder / "ml-100k.item").write_text(
+        "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
+        + "".join(f"{i}\t{t}\t{y}\t{' '.join(gs)}\n" for i, t, y, gs in MOVIES)
+    )
+    (folder / "ml-100k.user").write_text(
+        "user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token\n"
+        + "".join(f"{u}\t{a}\t{g}\t{o}\t{z}\n" for u, a, g, o, z in USERS)
+    )
     return folder
 
 
@@ -102,17 +132,23 @@ def test_movielens_order_only_sequences(tmp_path):
     (folder / "movies.dat").write_text("10::A (2001)::Comedy\n20::B (1995)::Action\n")
     raw = get_source("movielens")(folder)
     assert raw.timestamp_kind == "order" and raw.labels == ["view"]
-    assert raw.interactions.select("user", "item", "timestamp").rows() == [("1", "20", 0), ("1", "10", 1),
-                                                                           ("2", "10", 0)]
+    assert raw.interactions.select("user", "item", "timestamp").rows() == [
+        ("1", "20", 0),
+        ("1", "10", 1),
+        ("2", "10", 0),
+    ]
 
 
-@pytest.mark.parametrize("content, message", [
-    ("1,1,5,100\n2,2,3,200\n", r"u\.data: line 1 has 1 field.*wrong delimiter"),
-    ("1\t1\t5\t100\n2\t2\t3\n", r"u\.data: line 2: missing value in column 'timestamp' \(truncated"),
-    ("1\t1\t5\t100\n2\t2\tgood\t200\n", r"u\.data: line 2: column 'rating' has value 'good'"),
-    ("1\t1\t5\t100\n2\t2\t3\t200\t9\n", r"u\.data: line 2 has more than 4 fields"),
-    ("", r"u\.data: file is empty"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("1,1,5,100\n2,2,3,200\n", r"u\.data: line 1 has 1 field.*wrong delimiter"),
+        ("1\t1\t5\t100\n2\t2\t3\n", r"u\.data: line 2: missing value in column 'timestamp' \(truncated"),
+        ("1\t1\t5\t100\n2\t2\tgood\t200\n", r"u\.data: line 2: column 'rating' has value 'good'"),
+        ("1\t1\t5\t100\n2\t2\t3\t200\t9\n", r"u\.data: line 2 has more than 4 fields"),
+        ("", r"u\.data: file is empty"),
+    ],
+)
 def test_bad_u_data_names_file_and_line(tmp_path, content, message):
     folder = write_100k(tmp_path / "ml")
     (folder / "u.data").write_text(content)
@@ -137,13 +173,20 @@ def test_amazon_sequences_with_item_text(tmp_path):
     folder = tmp_path / "beauty"
     folder.mkdir()
     (folder / "user_sequence.txt").write_text("U1 B1 B2 B3\nU2 B3  B4\n")
-    records = [{"asin": "B1", "title": "Lipstick &amp; gloss", "categories": [["Beauty", "Makeup"], ["Gift"]]},
-               {"asin": "B2", "title": "Soap", "categories": ["Beauty", "Bath"]},
-               {"asin": "B3", "title": "Comb", "categories": "Beauty"}]
+    records = [
+        {"asin": "B1", "title": "Lipstick &amp; gloss", "categories": [["Beauty", "Makeup"], ["Gift"]]},
+        {"asin": "B2", "title": "Soap", "categories": ["Beauty", "Bath"]},
+        {"asin": "B3", "title": "Comb", "categories": "Beauty"},
+    ]
     (folder / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     raw = get_source("amazon")(folder)
     assert raw.interactions.select("user", "item", "timestamp").rows() == [
-        ("U1", "B1", 0), ("U1", "B2", 1), ("U1", "B3", 2), ("U2", "B3", 0), ("U2", "B4", 1)]
+        ("U1", "B1", 0),
+        ("U1", "B2", 1),
+        ("U1", "B3", 2),
+        ("U2", "B3", 0),
+        ("U2", "B4", 1),
+    ]
     items = {r["item"]: r for r in raw.items.iter_rows(named=True)}
     assert items["B1"]["categories"] == "Beauty > Makeup; Gift" and items["B2"]["categories"] == "Beauty > Bath"
     assert items["B3"]["categories"] == "Beauty" and items["B1"]["title"] == "Lipstick &amp; gloss"
@@ -166,20 +209,35 @@ def test_amazon_sequence_errors_name_file_and_line(tmp_path):
 def test_amazon_2018_reviews_and_meta(tmp_path):
     folder = tmp_path / "sci"
     folder.mkdir()
-    reviews = [{"reviewerID": "A", "asin": "P1", "overall": 5.0, "unixReviewTime": 10, "reviewText": "good"},
-               {"reviewerID": "A", "asin": "P2", "overall": 2.0, "unixReviewTime": 20},
-               {"reviewerID": "B", "asin": "P1", "overall": 4.0, "unixReviewTime": 15}]
+    reviews = [
+        {"reviewerID": "A", "asin": "P1", "overall": 5.0, "unixReviewTime": 10, "reviewText": "good"},
+        {"reviewerID": "A", "asin": "P2", "overall": 2.0, "unixReviewTime": 20},
+        {"reviewerID": "B", "asin": "P1", "overall": 4.0, "unixReviewTime": 15},
+    ]
     with gzip.open(folder / "Industrial_and_Scientific_5.json.gz", "wt") as handle:
         handle.writelines(json.dumps(r) + "\n" for r in reviews)
-    meta = [{"asin": "P1", "title": "Tape", "brand": "3M", "category": ["Industrial", "Tapes"],
-             "description": ["Strong.", "Sticky."]},
-            {"asin": "P1", "title": "Tape (again)"}, {"asin": "P9", "title": "never reviewed"}]
+    meta = [
+        {
+            "asin": "P1",
+            "title": "Tape",
+            "brand": "3M",
+            "category": ["Industrial", "Tapes"],
+            "description": ["Strong.", "Sticky."],
+        },
+        {"asin": "P1", "title": "Tape (again)"},
+        {"asin": "P9", "title": "never reviewed"},
+    ]
     (folder / "meta_Industrial_and_Scientific.json").write_text("".join(json.dumps(m) + "\n" for m in meta))
     raw = get_source("amazon")(folder)
     assert raw.name == "Industrial_and_Scientific" and raw.labels == ["rating", "like", "view"]
     assert raw.interactions.sort("user", "timestamp")["like"].to_list() == [1, 0, 1]
     items = {r["item"]: r for r in raw.items.iter_rows(named=True)}
-    assert items["P1"] == {"item": "P1", "title": "Tape", "brand": "3M", "categories": "Industrial > Tapes",
-                           "description": "Strong. Sticky."}
+    assert items["P1"] == {
+        "item": "P1",
+        "title": "Tape",
+        "brand": "3M",
+        "categories": "Industrial > Tapes",
+        "description": "Strong. Sticky.",
+    }
     assert items["P2"]["title"] == "" and set(items) == {"P1", "P2"}
     assert raw.extra == {"meta_duplicates_dropped": 1, "meta_unreviewed_items": 1}

@@ -19,14 +19,20 @@ def rows(frame: pl.DataFrame, *columns: str) -> list[tuple]:
 
 
 def test_recbole_atomic_types_labels_and_order(tmp_path):
-    (tmp_path / "shop.inter").write_text("user_id:token\titem_id:token\trating:float\n"
-                                         "u1\ti2\t4\nu1\ti1\t2.5\nu2\ti1\t1\n")
-    (tmp_path / "shop.item").write_text("item_id:token\ttitle:token_seq\tprice:float\tvec:float_seq\n"
-                                        "i1\tred pen\t1.5\t0.1 0.2\ni2\tblue pen\t2\t0.3 0.4\n")
+    (tmp_path / "shop.inter").write_text(
+        "user_id:token\titem_id:token\trating:float\nu1\ti2\t4\nu1\ti1\t2.5\nu2\ti1\t1\n"
+    )
+    (tmp_path / "shop.item").write_text(
+        "item_id:token\ttitle:token_seq\tprice:float\tvec:float_seq\n"
+        "i1\tred pen\t1.5\t0.1 0.2\ni2\tblue pen\t2\t0.3 0.4\n"
+    )
     raw = get_source("recbole")(tmp_path)
     assert raw.labels == ["rating", "view"] and raw.timestamp_kind == "order" and raw.text_fields == ["title"]
     assert rows(raw.interactions, "user", "item", "timestamp", "rating") == [
-        ("u1", "i2", 0, 4.0), ("u1", "i1", 1, 2.5), ("u2", "i1", 0, 1.0)]
+        ("u1", "i2", 0, 4.0),
+        ("u1", "i1", 1, 2.5),
+        ("u2", "i1", 0, 1.0),
+    ]
     assert raw.items.sort("item")["vec"].to_list() == [[0.1, 0.2], [0.3, 0.4]]
     (tmp_path / "shop.inter").write_text("user_id:token\titem_id:int\nu1\ti1\n")
     with pytest.raises(DataError, match=r"shop\.inter: header column 'item_id:int'"):
@@ -61,7 +67,11 @@ def test_recbole_sequential_rebuilds_truncated_sequences_and_keeps_split(tmp_pat
     expected_user0 = [(f"A{i}", i, "train") for i in range(5)] + [("A5", 5, "valid"), ("A6", 6, "test")]
     assert rows(raw.interactions.filter(pl.col("user") == "U0"), "item", "timestamp", "split") == expected_user0
     assert rows(raw.interactions.filter(pl.col("user") == "U1"), "item", "split") == [
-        ("A7", "train"), ("A8", "train"), ("A0", "valid"), ("A1", "test")]
+        ("A7", "train"),
+        ("A8", "train"),
+        ("A0", "valid"),
+        ("A1", "test"),
+    ]
     assert raw.items.filter(pl.col("item") == "A3")["text"][0] == "thing 3"
 
 
@@ -72,13 +82,21 @@ def test_recbole_sequential_disagreeing_history_is_an_error(tmp_path):
 
 def write_minionerec(folder: Path, test_history: str = "[0, 1, 2, 3]") -> Path:
     folder.mkdir(exist_ok=True)
-    items = {str(i): {"title": f"item {i}", "description": "['Strong.', 'Cheap.']" if i == 0 else "plain",
-                      "brand": "B", "categories": ""} for i in range(6)}
+    items = {
+        str(i): {
+            "title": f"item {i}",
+            "description": "['Strong.', 'Cheap.']" if i == 0 else "plain",
+            "brand": "B",
+            "categories": "",
+        }
+        for i in range(6)
+    }
     (folder / "C.item.json").write_text(json.dumps(items))
     (folder / "C.index.json").write_text(json.dumps({str(i): [f"<a_{i}>", f"<b_{i + 10}>", "<c_0>"] for i in range(6)}))
     head = "user_id,history_item_title,item_title,history_item_id,item_id,history_item_sid,item_sid\n"
-    (folder / "C.valid.csv").write_text(head + 'U1,"[\'item 0\', \'item 1\']",item 2,"[0, 1]",2,x,y\n'
-                                               'U1,"[]",item 3,"[0, 1, 2]",3,x,y\n')
+    (folder / "C.valid.csv").write_text(
+        head + 'U1,"[\'item 0\', \'item 1\']",item 2,"[0, 1]",2,x,y\nU1,"[]",item 3,"[0, 1, 2]",3,x,y\n'
+    )
     (folder / "C.test.csv").write_text(head + f'U1,"[]",item 4,"{test_history}",4,x,y\nU2,"[]",item 0,[5],0,x,y\n')
     return folder
 
@@ -86,8 +104,14 @@ def write_minionerec(folder: Path, test_history: str = "[0, 1, 2, 3]") -> Path:
 def test_minionerec_sequences_split_text_and_semantic_ids(tmp_path):
     raw = get_source("minionerec")(write_minionerec(tmp_path / "ind"))
     assert rows(raw.interactions, "user", "item", "timestamp", "split") == [
-        ("U1", "0", 0, "train"), ("U1", "1", 1, "train"), ("U1", "2", 2, "valid"), ("U1", "3", 3, "valid"),
-        ("U1", "4", 4, "test"), ("U2", "5", 0, "train"), ("U2", "0", 1, "test")]
+        ("U1", "0", 0, "train"),
+        ("U1", "1", 1, "train"),
+        ("U1", "2", 2, "valid"),
+        ("U1", "3", 3, "valid"),
+        ("U1", "4", 4, "test"),
+        ("U2", "5", 0, "train"),
+        ("U2", "0", 1, "test"),
+    ]
     assert raw.extra["reference_semantic_ids"]["3"] == [3, 13, 0]
     assert raw.items.filter(pl.col("item") == "0")["description"][0] == "Strong. Cheap."
     assert raw.name == "C" and raw.text_fields == ["title", "description", "brand", "categories"]

@@ -22,11 +22,21 @@ def tiny_dataset() -> Dataset:
     user 2: train 6, 1 | valid 2 | test 5
     user 3: train 3    | valid 6 | (no test row: not evaluated on test)
     """
-    rows = [(1, 5, 1, 0), (1, 2, 2, 0), (1, 3, 3, 1), (1, 4, 4, 2),
-            (2, 6, 1, 0), (2, 1, 2, 0), (2, 2, 3, 1), (2, 5, 4, 2),
-            (3, 3, 1, 0), (3, 6, 2, 1)]
-    interactions = pl.DataFrame(rows, schema={"user": pl.Int32, "item": pl.Int32, "timestamp": pl.Int64,
-                                              "split": pl.Int8}, orient="row")
+    rows = [
+        (1, 5, 1, 0),
+        (1, 2, 2, 0),
+        (1, 3, 3, 1),
+        (1, 4, 4, 2),
+        (2, 6, 1, 0),
+        (2, 1, 2, 0),
+        (2, 2, 3, 1),
+        (2, 5, 4, 2),
+        (3, 3, 1, 0),
+        (3, 6, 2, 1),
+    ]
+    interactions = pl.DataFrame(
+        rows, schema={"user": pl.Int32, "item": pl.Int32, "timestamp": pl.Int64, "split": pl.Int8}, orient="row"
+    )
     items = pl.DataFrame({"item": pl.Series(range(1, 7), dtype=pl.Int32), "raw_id": [f"i{i}" for i in range(1, 7)]})
     users = pl.DataFrame({"user": pl.Series(range(1, 4), dtype=pl.Int32), "raw_id": ["ua", "ub", "uc"]})
     return Dataset(name="tiny", interactions=interactions, items=items, users=users)

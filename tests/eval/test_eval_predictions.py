@@ -16,10 +16,20 @@ from recstack.eval.predictions import evaluate_prediction_file, write_prediction
 
 def tiny_dataset() -> Dataset:
     """user 1: train 5, 2 | test 4;  user 2: train 6, 1 | test 5, 3;  user 3: train 3 | test 6."""
-    rows = [(1, 5, 1, 0), (1, 2, 2, 0), (1, 4, 3, 2), (2, 6, 1, 0), (2, 1, 2, 0), (2, 5, 3, 2), (2, 3, 4, 2),
-            (3, 3, 1, 0), (3, 6, 2, 2)]
-    interactions = pl.DataFrame(rows, schema={"user": pl.Int32, "item": pl.Int32, "timestamp": pl.Int64,
-                                              "split": pl.Int8}, orient="row")
+    rows = [
+        (1, 5, 1, 0),
+        (1, 2, 2, 0),
+        (1, 4, 3, 2),
+        (2, 6, 1, 0),
+        (2, 1, 2, 0),
+        (2, 5, 3, 2),
+        (2, 3, 4, 2),
+        (3, 3, 1, 0),
+        (3, 6, 2, 2),
+    ]
+    interactions = pl.DataFrame(
+        rows, schema={"user": pl.Int32, "item": pl.Int32, "timestamp": pl.Int64, "split": pl.Int8}, orient="row"
+    )
     items = pl.DataFrame({"item": pl.Series(range(1, 7), dtype=pl.Int32), "raw_id": [f"i{i}" for i in range(1, 7)]})
     users = pl.DataFrame({"user": pl.Series(range(1, 4), dtype=pl.Int32), "raw_id": ["ua", "ub", "uc"]})
     return Dataset(name="tiny", interactions=interactions, items=items, users=users)
@@ -76,18 +86,24 @@ def test_missing_users_count_as_misses_and_score_only_files(tmp_path: Path) -> N
     pl.DataFrame({"user": ["ub", "ub", "ub"], "item": ["i6", "i5", "i3"], "score": [0.1, 0.9, 0.4]}).write_parquet(path)
     m = evaluate_prediction_file(path, dataset, "test", ks=(1, 2))
     assert m["num_users_without_predictions"] == 2
-    assert m["hr@1"] == pytest.approx(1 / 3)      # users 1 and 3 count as misses
+    assert m["hr@1"] == pytest.approx(1 / 3)  # users 1 and 3 count as misses
     assert m["recall@2"] == pytest.approx(1 / 3)  # user 2 gets both targets in the top 2
 
 
-@pytest.mark.parametrize("frame, message", [
-    (pl.DataFrame({"user": [1], "item": [2]}), "missing column 'score'"),
-    (pl.DataFrame({"user": [1], "item": [9], "rank": [1]}), "column 'item' row 0: internal id 9"),
-    (pl.DataFrame({"user": ["ua", "zz"], "item": ["i1", "i2"], "rank": [1, 1]}), "column 'user' row 1: raw id 'zz'"),
-    (pl.DataFrame({"user": [1, 1], "item": [2, 3], "rank": [1, None]}), "column 'rank' row 1: missing"),
-    (pl.DataFrame({"user": [1, 1], "item": [2, 2], "rank": [1, 2]}), "same item"),
-    (pl.DataFrame({"user": [1], "item": [2], "rank": [0]}), "ranks start at 1"),
-])
+@pytest.mark.parametrize(
+    "frame, message",
+    [
+        (pl.DataFrame({"user": [1], "item": [2]}), "missing column 'score'"),
+        (pl.DataFrame({"user": [1], "item": [9], "rank": [1]}), "column 'item' row 0: internal id 9"),
+        (
+            pl.DataFrame({"user": ["ua", "zz"], "item": ["i1", "i2"], "rank": [1, 1]}),
+            "column 'user' row 1: raw id 'zz'",
+        ),
+        (pl.DataFrame({"user": [1, 1], "item": [2, 3], "rank": [1, None]}), "column 'rank' row 1: missing"),
+        (pl.DataFrame({"user": [1, 1], "item": [2, 2], "rank": [1, 2]}), "same item"),
+        (pl.DataFrame({"user": [1], "item": [2], "rank": [0]}), "ranks start at 1"),
+    ],
+)
 def test_errors_name_file_and_column(tmp_path: Path, frame: pl.DataFrame, message: str) -> None:
     path = tmp_path / "bad.parquet"
     frame.write_parquet(path)

@@ -137,8 +137,9 @@ def _naive(pred: list[list[int]], targets: list[list[int]], k: int) -> dict[str,
 def test_matches_naive_reference(data) -> None:
     batch = data.draw(st.integers(1, 6))
     width = data.draw(st.integers(1, 6))
-    pred = data.draw(st.lists(st.lists(st.integers(0, 8), min_size=width, max_size=width),
-                              min_size=batch, max_size=batch))
+    pred = data.draw(
+        st.lists(st.lists(st.integers(0, 8), min_size=width, max_size=width), min_size=batch, max_size=batch)
+    )
     targets = data.draw(st.lists(st.lists(st.integers(1, 8), max_size=5), min_size=batch, max_size=batch))
     k = data.draw(st.integers(1, 8))
     ours = topk_metrics(torch.tensor(pred), Jagged.from_lists(targets), ks=(k,))

@@ -10,10 +10,13 @@ import torch.nn.functional as F
 
 from recstack.nn.attention import TransformerBlock, causal_mask
 from recstack.nn.hstu import HSTUBlock, attention_scale, hstu_attention
-from recstack.nn.positional import (LearnedPositionalEmbedding, RelativeAttentionBias, log_time_buckets,
-                                    relative_position_buckets)
+from recstack.nn.positional import (
+    LearnedPositionalEmbedding,
+    RelativeAttentionBias,
+    log_time_buckets,
+    relative_position_buckets,
+)
 from recstack.nn.sequence_encoder import CausalSequenceEncoder
-
 
 
 def test_causal_mask_lower_triangular_over_real_items():
@@ -88,7 +91,7 @@ def test_relative_attention_bias_parts():
     out = bias(4, stamps).detach()
     assert out.shape == (1, 4, 4)
     assert float(out[0, 3, 1]) == 2 + 100 * 7  # distance 2; gap 29 -> ln(29) / 0.301 = 11, clipped to bucket 7
-    assert float(out[0, 1, 0]) == 1 + 0        # distance 1; gap 0 -> bucket 0
+    assert float(out[0, 1, 0]) == 1 + 0  # distance 1; gap 0 -> bucket 0
     assert float(out[0, 2, 0]) == 2 + 100 * 2  # gap 2 -> ln(2) / 0.301 = 2.3 -> bucket 2
     no_time = RelativeAttentionBias(4, use_time=False)
     assert no_time(4, stamps).shape == (1, 4, 4) and no_time.time is None
@@ -120,9 +123,9 @@ def test_encoder_is_causal(kind):
     base = encoder(items, stamps)
     for cut in range(1, t - 1):
         changed = items.clone()
-        changed[0, cut + 1:] = torch.tensor([13, 17, 19, 2, 4])[: t - cut - 1]
+        changed[0, cut + 1 :] = torch.tensor([13, 17, 19, 2, 4])[: t - cut - 1]
         later = stamps.clone()
-        later[0, cut + 1:] += 777
+        later[0, cut + 1 :] += 777
         out = encoder(changed, later)
         assert torch.allclose(out[0, : cut + 1], base[0, : cut + 1], atol=1e-6)
         assert not torch.allclose(out[0, -1], base[0, -1])

@@ -56,4 +56,4 @@ def test_group_layer_norm_is_one_layer_norm_per_type():
         with torch.no_grad():
             ln.weight.copy_(norm.weight[g]), ln.bias.copy_(norm.bias[g])
         assert torch.allclose(out[types == g], ln(x[types == g]), atol=1e-6)
-    assert torch.allclose(norm(x, types[0]), torch.stack([norm(x[i:i + 1], types[0])[0] for i in range(2)]))
+    assert torch.allclose(norm(x, types[0]), torch.stack([norm(x[i : i + 1], types[0])[0] for i in range(2)]))

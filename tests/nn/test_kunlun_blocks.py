@@ -9,8 +9,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from recstack.nn.gdpa import GDPA
 from recstack.nn.hsp import HSP, SumKronLinear
 from recstack.nn.rote import rotate, rote_phases
-from recstack.nn.sliding_window import (SlidingWindowSelfAttention, dense_attention, sliding_window_attention,
-                                        window_mask)
+from recstack.nn.sliding_window import (
+    SlidingWindowSelfAttention,
+    dense_attention,
+    sliding_window_attention,
+    window_mask,
+)
 from recstack.nn.wukong import WukongMoE
 
 

@@ -26,8 +26,9 @@ def test_aux_loss_is_one_when_balanced_and_num_experts_when_collapsed():
     e = 4
     balanced = load_balancing_loss(torch.full((8, e), 1 / e), torch.arange(8).remainder(e).view(8, 1), e)
     assert balanced.item() == pytest.approx(1.0)
-    collapsed = load_balancing_loss(torch.nn.functional.one_hot(torch.zeros(8, dtype=torch.long), e).float(),
-                                    torch.zeros(8, 1, dtype=torch.long), e)
+    collapsed = load_balancing_loss(
+        torch.nn.functional.one_hot(torch.zeros(8, dtype=torch.long), e).float(), torch.zeros(8, 1, dtype=torch.long), e
+    )
     assert collapsed.item() == pytest.approx(float(e))
     skewed_probs = torch.softmax(torch.tensor([[2.0, 0.0, 0.0, 0.0]]).repeat(8, 1), -1)
     skewed = load_balancing_loss(skewed_probs, torch.zeros(8, 1, dtype=torch.long), e)
@@ -42,9 +43,9 @@ def naive_moe(moe: SparseMoE, x: torch.Tensor) -> torch.Tensor:
         top = torch.topk(probs, moe.top_k)
         w = top.values / top.values.sum()
         for weight, e in zip(w, top.indices.tolist()):
-            out[n] += weight * moe.experts.one(e, x[n:n + 1])[0]
+            out[n] += weight * moe.experts.one(e, x[n : n + 1])[0]
         if moe.shared is not None:
-            out[n] += moe.shared.one(0, x[n:n + 1])[0]
+            out[n] += moe.shared.one(0, x[n : n + 1])[0]
     return out
 
 

@@ -82,7 +82,7 @@ def test_apply_unique_paths_agree_and_id_embedding_zero_row():
     assert torch.equal(table.weight[0], torch.zeros(3))
     ids = torch.tensor([[1, 2, 2, 5], [0, 6, 1, 1]])
     direct = table(ids)
-    assert torch.allclose(apply_unique(table, ids), direct)            # distinct ids only
+    assert torch.allclose(apply_unique(table, ids), direct)  # distinct ids only
     assert torch.allclose(apply_unique(table, ids, num_ids=7), direct)  # whole table (7 ids <= 8 lookups)
 
 

@@ -15,8 +15,8 @@ def test_block_causal_mask_element_by_element():
         for k in range(7):
             assert bool(mask[q, k]) == (block[k] <= block[q]), (q, k)
     assert mask[:3, :3].all() and not mask[:3, 3:].any()  # base: bidirectional, never sees a block
-    assert mask[3, 4] and mask[4, 3] and not mask[3, 5]   # own block both ways, not the next one
-    assert mask[5:, :].all()                              # the last block sees everything
+    assert mask[3, 4] and mask[4, 3] and not mask[3, 5]  # own block both ways, not the next one
+    assert mask[5:, :].all()  # the last block sees everything
 
 
 def test_block_causal_mask_with_padding_keeps_self():
@@ -24,7 +24,7 @@ def test_block_causal_mask_with_padding_keeps_self():
     mask = block_causal_mask(3, 2, 1, valid)
     assert mask.shape == (1, 5, 5)
     assert not mask[0, 0, 1] and not mask[0, 3, 4] and not mask[0, 2, 4]  # padding keys hidden
-    assert mask[0, 1, 1] and mask[0, 4, 4]                                 # a padding query sees itself
+    assert mask[0, 1, 1] and mask[0, 4, 4]  # a padding query sees itself
     assert mask[0, 3, 0] and mask[0, 3, 2] and not mask[0, 0, 3]
 
 

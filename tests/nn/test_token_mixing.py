@@ -7,8 +7,14 @@ import torch
 import torch.nn.functional as F
 
 from recstack.errors import ConfigError
-from recstack.nn.per_token import (PerTokenLinear, PerTokenReLUMoE, PerTokenSparseMoE, PerTokenSwiGLU, RMSNorm,
-                                   per_token_aux_loss)
+from recstack.nn.per_token import (
+    PerTokenLinear,
+    PerTokenReLUMoE,
+    PerTokenSparseMoE,
+    PerTokenSwiGLU,
+    RMSNorm,
+    per_token_aux_loss,
+)
 from recstack.nn.token_mixing import MixRevertBlock, RankMixerBlock, mix_heads, revert_heads
 
 
@@ -19,7 +25,7 @@ def test_mix_regroups_heads_and_revert_inverts_it(t, d, h):
     w = d // h
     assert mixed.shape == (5, h, t * w)
     for head in range(h):  # mixed token `head` = slice `head` of every original token, in token order
-        expected = torch.cat([x[:, tok, head * w:(head + 1) * w] for tok in range(t)], -1)
+        expected = torch.cat([x[:, tok, head * w : (head + 1) * w] for tok in range(t)], -1)
         assert torch.equal(mixed[:, head], expected)
     assert torch.equal(revert_heads(mixed, t), x)
 

@@ -21,8 +21,7 @@ WINDOW = 3 * 86400.0  # aggregation window: several requests of a user per group
 def tiny_world():
     """Impression log with scenarios, timestamps and the click -> long_view -> like -> purchase funnel."""
     world = World(WorldConfig(num_users=40, num_items=60, num_topics=4, seed=1))
-    return prepare(world.generate_logs(1500), PrepareConfig(split="temporal", valid_fraction=0.15,
-                                                            test_fraction=0.15))
+    return prepare(world.generate_logs(1500), PrepareConfig(split="temporal", valid_fraction=0.15, test_fraction=0.15))
 
 
 def tiny_model(dataset, spec: dict):
@@ -46,8 +45,9 @@ def spread_rows(samples, n: int) -> torch.Tensor:
 def overfit_aucs(model, inputs: dict, steps: int = 40, lr: float = 2e-2) -> list[float]:
     """Memorise random labels of one batch; returns the AUC per task afterwards."""
     gen = torch.Generator().manual_seed(0)
-    inputs = dict(inputs, labels={t: (torch.rand(len(inputs["items"]), generator=gen) < 0.5).float()
-                                  for t in model.tasks})
+    inputs = dict(
+        inputs, labels={t: (torch.rand(len(inputs["items"]), generator=gen) < 0.5).float() for t in model.tasks}
+    )
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     for _ in range(steps):
@@ -117,10 +117,17 @@ def check_cascade(dataset, spec: dict, tmp_path) -> None:
     from recstack.cascade import Cascade, RunConfig, history_features
     from recstack.config import from_dict
 
-    config = from_dict(RunConfig, {
-        "name": "t", "dataset": {"name": dataset.name}, "channels": {"popular": {"name": "popular"}},
-        "ranker": {**spec, "train": {"epochs": 1, "batch_size": 256, "progress": False, "patience": 0}},
-        "merge": {"k_total": 20, "quotas": {"popular": 20}}, "eval": {"ks": [10, 20]}})
+    config = from_dict(
+        RunConfig,
+        {
+            "name": "t",
+            "dataset": {"name": dataset.name},
+            "channels": {"popular": {"name": "popular"}},
+            "ranker": {**spec, "train": {"epochs": 1, "batch_size": 256, "progress": False, "patience": 0}},
+            "merge": {"k_total": 20, "quotas": {"popular": 20}},
+            "eval": {"ks": [10, 20]},
+        },
+    )
     cascade = Cascade(config).fit(dataset, tmp_path / "run", progress=lambda message: None)
     cascade.save(tmp_path / "run")
     batch = dataset.user_batch(torch.arange(1, 11), features=history_features(dataset))

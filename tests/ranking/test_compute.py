@@ -7,9 +7,18 @@ import torch
 from torch import nn
 
 from recstack.errors import ConfigError
-from recstack.ranking.compute import (ComputeConfig, ComputeReport, forward_flops, mfu, model_compute,
-                                      parameter_counts, ranker_compute, score_throughput, train_flops,
-                                      train_throughput)
+from recstack.ranking.compute import (
+    ComputeConfig,
+    ComputeReport,
+    forward_flops,
+    mfu,
+    model_compute,
+    parameter_counts,
+    ranker_compute,
+    score_throughput,
+    train_flops,
+    train_throughput,
+)
 from recstack.ranking.samples import SampleBuilder
 from recstack.registry import build
 
@@ -72,8 +81,16 @@ def test_activated_parameters_out_of_range_is_an_error():
 
 def test_mfu_arithmetic():
     assert mfu(2e6, 500.0, 1e10) == pytest.approx(0.1)
-    report = ComputeReport(batch_size=8, forward_flops=1e6, train_flops=3e6, params={}, train_samples_per_s=1000.0,
-                           score_samples_per_s=4000.0, peak_flops=6e10, peak_source="config")
+    report = ComputeReport(
+        batch_size=8,
+        forward_flops=1e6,
+        train_flops=3e6,
+        params={},
+        train_samples_per_s=1000.0,
+        score_samples_per_s=4000.0,
+        peak_flops=6e10,
+        peak_source="config",
+    )
     assert report.mfu == pytest.approx(0.05)
     assert report.score_mfu == pytest.approx(4e9 / 6e10)
     with pytest.raises(ConfigError):
@@ -99,9 +116,20 @@ def test_throughput_is_positive_and_leaves_the_model_untouched():
 
 
 def test_ranker_compute_on_a_fitted_ranker(tiny_dataset):
-    ranker = build("ranker", {"name": "dcn_din_mmoe", "features": {"dim": 4}, "samples": {"max_history": 4},
-                              "deep_hidden": [8], "expert_hidden": [8], "tower_hidden": [4], "attention_hidden": [4],
-                              "num_experts": 2, "train": {"epochs": 1, "batch_size": 64, "progress": False}})
+    ranker = build(
+        "ranker",
+        {
+            "name": "dcn_din_mmoe",
+            "features": {"dim": 4},
+            "samples": {"max_history": 4},
+            "deep_hidden": [8],
+            "expert_hidden": [8],
+            "tower_hidden": [4],
+            "attention_hidden": [4],
+            "num_experts": 2,
+            "train": {"epochs": 1, "batch_size": 64, "progress": False},
+        },
+    )
     ranker.fit(tiny_dataset)
     samples = SampleBuilder(tiny_dataset, ranker.config.samples, tasks=ranker.tasks).eval_samples("test")
     report = ranker_compute(ranker, samples, ComputeConfig(peak_flops=1e10, batch_size=16, steps=1, warmup=0))

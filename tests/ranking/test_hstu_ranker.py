@@ -7,12 +7,31 @@ import torch
 
 from recstack.errors import ConfigError
 from recstack.registry import build
-from tests.ranking.ranker_checks import (WINDOW, check_cascade, check_no_leakage, check_save_load_and_grouped_scoring,
-                                        overfit_aucs, spread_rows, tiny_model, tiny_world)
+from tests.ranking.ranker_checks import (
+    WINDOW,
+    check_cascade,
+    check_no_leakage,
+    check_save_load_and_grouped_scoring,
+    overfit_aucs,
+    spread_rows,
+    tiny_model,
+    tiny_world,
+)
 
-SPEC = {"name": "hstu_ranker", "features": {"dim": 8}, "samples": {"max_history": 8}, "dim": 16, "layers": 1,
-        "heads": 2, "attention_dim": 8, "linear_dim": 8, "dropout": 0.0, "expert_hidden": [16], "tower_hidden": [8],
-        "num_experts": 2}
+SPEC = {
+    "name": "hstu_ranker",
+    "features": {"dim": 8},
+    "samples": {"max_history": 8},
+    "dim": 16,
+    "layers": 1,
+    "heads": 2,
+    "attention_dim": 8,
+    "linear_dim": 8,
+    "dropout": 0.0,
+    "expert_hidden": [16],
+    "tower_hidden": [8],
+    "num_experts": 2,
+}
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +46,13 @@ def test_overfits_tiny_batch(world):
     assert all(a > 0.97 for a in overfit_aucs(model, inputs)), "hstu_ranker could not memorise 32 rows"
 
 
-@pytest.mark.parametrize("flags", [
-    {"action_encoding": "none", "target_self": False, "rab_time": False, "window": 3},
-    {"rab_position": False, "normalization": "causal", "user_features": False, "layers": 2},
-])
+@pytest.mark.parametrize(
+    "flags",
+    [
+        {"action_encoding": "none", "target_self": False, "rab_time": False, "window": 3},
+        {"rab_position": False, "normalization": "causal", "user_features": False, "layers": 2},
+    ],
+)
 def test_ablation_flags_train(world, flags):
     _, builder, model = tiny_model(world, {**SPEC, **flags})
     assert (model.event is None) == (flags.get("action_encoding") == "none")
@@ -59,8 +81,9 @@ def test_grouped_batch_hides_later_events(world):
 
 
 def test_fit_save_load_and_grouped_scores(world, tmp_path):
-    ranker = build("ranker", {**SPEC, "train": {"epochs": 1, "batch_size": 256, "progress": False,
-                                                 "patience": 0}}).fit(world)
+    ranker = build("ranker", {**SPEC, "train": {"epochs": 1, "batch_size": 256, "progress": False, "patience": 0}}).fit(
+        world
+    )
     assert ranker.train_result is not None and "click/auc" in ranker.train_result.history[0]["metrics"]
     check_save_load_and_grouped_scoring(ranker, world, tmp_path)
 

@@ -17,21 +17,36 @@ from recstack.world import World, WorldConfig
 from tests.ranking.ranker_checks import overfit_aucs, unfitted_model
 from tests.ranking.test_ranker import planted_world
 
-TINY = {"name": "kunlun", "features": {"dim": 8}, "samples": {"max_history": 12}, "dim": 16, "layers": 3,
-        "summary_tokens": 2, "events": {"all": {"dim": 8, "heads": 2, "tokens": 2, "seeds": 4, "window": 3}},
-        "experts": 2, "fm_rank": 2, "expert_hidden": 16, "mmoe_experts": 2, "mmoe_hidden": [16],
-        "tower_hidden": [8], "score_rows": 64,
-        "train": {"epochs": 1, "batch_size": 256, "lr": 1e-2, "patience": 0, "progress": False, "seed": 0}}
+TINY = {
+    "name": "kunlun",
+    "features": {"dim": 8},
+    "samples": {"max_history": 12},
+    "dim": 16,
+    "layers": 3,
+    "summary_tokens": 2,
+    "events": {"all": {"dim": 8, "heads": 2, "tokens": 2, "seeds": 4, "window": 3}},
+    "experts": 2,
+    "fm_rank": 2,
+    "expert_hidden": 16,
+    "mmoe_experts": 2,
+    "mmoe_hidden": [16],
+    "tower_hidden": [8],
+    "score_rows": 64,
+    "train": {"epochs": 1, "batch_size": 256, "lr": 1e-2, "patience": 0, "progress": False, "seed": 0},
+}
 # Event-level personalisation: liked events (code 3) get a wider stream than click-only ones (code 2).
-STREAMS = {"liked": {"codes": [3], "dim": 8, "heads": 2, "tokens": 2, "seeds": 4, "window": 4},
-           "clicked": {"codes": [2], "dim": 4, "heads": 1, "tokens": 1, "seeds": 2, "window": 2, "layers": 1,
-                       "max_len": 6}}
+STREAMS = {
+    "liked": {"codes": [3], "dim": 8, "heads": 2, "tokens": 2, "seeds": 4, "window": 4},
+    "clicked": {"codes": [2], "dim": 4, "heads": 1, "tokens": 1, "seeds": 2, "window": 2, "layers": 1, "max_len": 6},
+}
 
 
 @pytest.fixture(scope="module")
 def planted():
-    return prepare(planted_world(num_users=30, per_user=24),
-                   PrepareConfig(split="temporal", valid_fraction=0.15, test_fraction=0.15))
+    return prepare(
+        planted_world(num_users=30, per_user=24),
+        PrepareConfig(split="temporal", valid_fraction=0.15, test_fraction=0.15),
+    )
 
 
 def model_and_inputs(dataset, rows: int = 32, **overrides):
@@ -103,10 +118,17 @@ def test_runs_as_the_cascade_ranker(tmp_path):
     dataset = prepare(world.generate_sequences(mean_length=8), name="tinyworld")
     dataset.save()
     ranker = {k: v for k, v in TINY.items() if k != "score_rows"}
-    config = from_dict(RunConfig, {"name": "k", "dataset": {"name": "tinyworld"},
-                                   "channels": {"popular": {"name": "popular"}, "itemcf": {"name": "itemcf"}},
-                                   "ranker": ranker, "merge": {"k_total": 20, "quotas": {"popular": 10, "itemcf": 10}},
-                                   "eval": {"ks": [10]}})
+    config = from_dict(
+        RunConfig,
+        {
+            "name": "k",
+            "dataset": {"name": "tinyworld"},
+            "channels": {"popular": {"name": "popular"}, "itemcf": {"name": "itemcf"}},
+            "ranker": ranker,
+            "merge": {"k_total": 20, "quotas": {"popular": 10, "itemcf": 10}},
+            "eval": {"ks": [10]},
+        },
+    )
     cascade = Cascade(config).fit(dataset, tmp_path / "run", progress=lambda m: None)
     page = cascade.recommend(dataset.user_batch(torch.arange(1, 6)), k=5)
     assert page.items.shape == (5, 5) and (page.items > 0).all()

@@ -7,11 +7,31 @@ import torch
 
 from recstack.errors import ConfigError
 from recstack.registry import build
-from tests.ranking.ranker_checks import (WINDOW, check_cascade, check_no_leakage, check_save_load_and_grouped_scoring,
-                                        overfit_aucs, spread_rows, tiny_model, tiny_world)
+from tests.ranking.ranker_checks import (
+    WINDOW,
+    check_cascade,
+    check_no_leakage,
+    check_save_load_and_grouped_scoring,
+    overfit_aucs,
+    spread_rows,
+    tiny_model,
+    tiny_world,
+)
 
-SPEC = {"name": "mtfm", "features": {"dim": 8}, "samples": {"max_history": 8}, "dim": 24, "heads": 3, "kv_heads": 1,
-        "blocks": 1, "target_layers": 2, "realtime": 3, "expert_hidden": [16], "tower_hidden": [8], "num_experts": 2}
+SPEC = {
+    "name": "mtfm",
+    "features": {"dim": 8},
+    "samples": {"max_history": 8},
+    "dim": 24,
+    "heads": 3,
+    "kv_heads": 1,
+    "blocks": 1,
+    "target_layers": 2,
+    "realtime": 3,
+    "expert_hidden": [16],
+    "tower_hidden": [8],
+    "num_experts": 2,
+}
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +57,14 @@ def test_structure_follows_flags(world):
     assert attn.n_heads == 3 and attn.n_kv_heads == 1 and attn.kv.out_features == 2 * 8
 
 
-@pytest.mark.parametrize("flags", [
-    {"target_layers": 0, "full_attention": "softmax", "kv_heads": 3},    # full attention only, plain MHA
-    {"group_norm": False, "cross_features": False, "event_features": False, "realtime_window": 86400.0},
-    {"scenario_tokenizers": False, "scenario_heads": False, "realtime": 0},
-])
+@pytest.mark.parametrize(
+    "flags",
+    [
+        {"target_layers": 0, "full_attention": "softmax", "kv_heads": 3},  # full attention only, plain MHA
+        {"group_norm": False, "cross_features": False, "event_features": False, "realtime_window": 86400.0},
+        {"scenario_tokenizers": False, "scenario_heads": False, "realtime": 0},
+    ],
+)
 def test_ablation_flags_train(world, flags):
     _, builder, model = tiny_model(world, {**SPEC, **flags})
     inputs = builder.train_samples().inputs(8, torch.arange(32), WINDOW)
@@ -56,8 +79,15 @@ def test_grouped_batch_hides_later_events(world):
 
 
 def test_fit_aggregated_save_load_and_scores(world, tmp_path):
-    ranker = build("ranker", {**SPEC, "aggregate_users": True, "aggregate_window": WINDOW,
-                              "train": {"epochs": 1, "batch_size": 256, "progress": False, "patience": 0}}).fit(world)
+    ranker = build(
+        "ranker",
+        {
+            **SPEC,
+            "aggregate_users": True,
+            "aggregate_window": WINDOW,
+            "train": {"epochs": 1, "batch_size": 256, "progress": False, "patience": 0},
+        },
+    ).fit(world)
     assert ranker.event_labels == ["click", "long_view", "like", "purchase"] and ranker.time_scale == 1.0
     check_save_load_and_grouped_scoring(ranker, world, tmp_path)
 

@@ -23,9 +23,21 @@ TRAIN = {"epochs": 1, "batch_size": 128, "lr": 1e-2, "patience": 0, "progress": 
 
 
 def tiny(**overrides):
-    spec = {"name": "onepiece", "dim": 16, "layers": 1, "heads": 2, "reasoning_steps": 2, "group_size": 6,
-            "anchor_size": 3, "features": {"dim": 4}, "samples": {"max_history": 6}, "tower_hidden": [8],
-            "train": dict(TRAIN), "score_rows": 256, **overrides}
+    spec = {
+        "name": "onepiece",
+        "dim": 16,
+        "layers": 1,
+        "heads": 2,
+        "reasoning_steps": 2,
+        "group_size": 6,
+        "anchor_size": 3,
+        "features": {"dim": 4},
+        "samples": {"max_history": 6},
+        "tower_hidden": [8],
+        "train": dict(TRAIN),
+        "score_rows": 256,
+        **overrides,
+    }
     return build("ranker", spec)
 
 
@@ -33,8 +45,11 @@ def tiny(**overrides):
 def logs():
     """World impression logs: scenario, request, event labels click < long_view < like < purchase."""
     world = World(WorldConfig(num_users=40, num_items=60, num_topics=4, seed=1))
-    return prepare(world.generate_logs(1500), PrepareConfig(split="temporal", valid_fraction=0.15,
-                                                            test_fraction=0.15), name="oplogs")
+    return prepare(
+        world.generate_logs(1500),
+        PrepareConfig(split="temporal", valid_fraction=0.15, test_fraction=0.15),
+        name="oplogs",
+    )
 
 
 def model_and_inputs(ranker, dataset, rows=48):
@@ -54,8 +69,14 @@ def model_and_inputs(ranker, dataset, rows=48):
 def test_reasoning_steps_build_and_run(logs, steps):
     torch.manual_seed(0)
     model, inputs = model_and_inputs(tiny(reasoning_steps=steps), logs)
-    assert len(model.reasoner(torch.zeros(2, 5, 16), torch.ones(2, 5, dtype=torch.bool),
-                              torch.ones(2, 2, dtype=torch.bool))) == steps + 1
+    assert (
+        len(
+            model.reasoner(
+                torch.zeros(2, 5, 16), torch.ones(2, 5, dtype=torch.bool), torch.ones(2, 2, dtype=torch.bool)
+            )
+        )
+        == steps + 1
+    )
     logits = model(inputs)
     assert set(logits) == {"click", "like", "long_view", "purchase"}
     assert all(v.shape == inputs["items"].shape and torch.isfinite(v).all() for v in logits.values())
@@ -69,8 +90,11 @@ def test_progressive_vs_last_step_supervision(logs):
     assert step_tasks(order, 4, "progressive") == [["click"], ["long_view"], ["like"], ["purchase"]]
     assert step_tasks(["view", "like"], 4, "progressive") == [["view"], ["view"], ["like"], ["like"]]
     assert step_tasks(order, 3, "last") == [[], [], order]
-    assert step_tasks(order, 3, "progressive", supervise_base=False) == [[], ["click", "long_view"],
-                                                                         ["like", "purchase"]]
+    assert step_tasks(order, 3, "progressive", supervise_base=False) == [
+        [],
+        ["click", "long_view"],
+        ["like", "purchase"],
+    ]
     assert step_tasks(order, 1, "progressive", supervise_base=False) == [order]  # K = 0: the base pass
     torch.manual_seed(0)
     progressive, inputs = model_and_inputs(tiny(reasoning_steps=2), logs)
@@ -95,8 +119,9 @@ def test_setwise_loss_is_permutation_invariant_and_prefers_positives():
     for denominator in ("all", "negatives"):
         loss = setwise_contrastive_loss(logits, labels, valid, 0.5, denominator)
         perm = torch.randperm(5)
-        assert torch.isclose(loss, setwise_contrastive_loss(logits[:, perm], labels[:, perm], valid[:, perm], 0.5,
-                                                            denominator))
+        assert torch.isclose(
+            loss, setwise_contrastive_loss(logits[:, perm], labels[:, perm], valid[:, perm], 0.5, denominator)
+        )
         better = logits + 3.0 * labels  # positives scored higher
         assert setwise_contrastive_loss(better, labels, valid, 0.5, denominator) < loss
     assert setwise_contrastive_loss(logits, torch.zeros(3, 5), valid) == 0.0
@@ -159,6 +184,7 @@ def test_positive_only_groups_are_a_positive_and_its_negatives(positive_only_dat
 @pytest.fixture(scope="module")
 def positive_only_data():
     from tests.helpers import make_raw
+
     return prepare(make_raw(num_users=20, num_items=30, per_user=8), PrepareConfig())
 
 
@@ -210,8 +236,9 @@ def test_fit_score_save_load_identical(logs, tmp_path):
     ranker = tiny(reasoning_steps=1).fit(logs)
     users = torch.tensor([1, 2, 5, 0])
     batch = logs.user_batch(users, before="test", features=("timestamp", "click", "like", "long_view", "purchase"))
-    items = torch.tensor([[1, 2, 3, 0, 9, 10, 11, 12], [4, 0, 5, 6, 7, 8, 9, 10], [7, 8, 9, 10, 1, 2, 3, 4],
-                          [1, 2, 0, 0, 0, 0, 0, 0]])
+    items = torch.tensor(
+        [[1, 2, 3, 0, 9, 10, 11, 12], [4, 0, 5, 6, 7, 8, 9, 10], [7, 8, 9, 10, 1, 2, 3, 4], [1, 2, 0, 0, 0, 0, 0, 0]]
+    )
     cands = Candidates(items, torch.zeros(4, 8), torch.ones(4, 8, dtype=torch.long), ["x"])
     scores = ranker.score(batch, cands)
     assert scores["like"].shape == (4, 8) and torch.equal(scores["like"][items == 0], torch.zeros(8))
@@ -233,12 +260,28 @@ def test_runs_as_cascade_ranker(tmp_path):
     world = World(WorldConfig(num_users=50, num_items=60, num_topics=4, seed=3))
     dataset = prepare(world.generate_sequences(mean_length=8), name="opworld")
     dataset.save()
-    config = from_dict(RunConfig, {
-        "name": "op", "dataset": {"name": "opworld"}, "channels": {"popular": {"name": "popular"}},
-        "merge": {"k_total": 20}, "eval": {"ks": [10, 20]},
-        "ranker": {"name": "onepiece", "dim": 8, "layers": 1, "heads": 1, "reasoning_steps": 1, "group_size": 5,
-                   "features": {"dim": 4}, "samples": {"max_history": 5}, "tower_hidden": [],
-                   "train": dict(TRAIN, batch_size=256)}})
+    config = from_dict(
+        RunConfig,
+        {
+            "name": "op",
+            "dataset": {"name": "opworld"},
+            "channels": {"popular": {"name": "popular"}},
+            "merge": {"k_total": 20},
+            "eval": {"ks": [10, 20]},
+            "ranker": {
+                "name": "onepiece",
+                "dim": 8,
+                "layers": 1,
+                "heads": 1,
+                "reasoning_steps": 1,
+                "group_size": 5,
+                "features": {"dim": 4},
+                "samples": {"max_history": 5},
+                "tower_hidden": [],
+                "train": dict(TRAIN, batch_size=256),
+            },
+        },
+    )
     cascade = Cascade(config).fit(dataset, tmp_path / "run", progress=lambda m: None)
     page = cascade.recommend(dataset.user_batch(torch.arange(1, 6)), k=5)
     assert page.items.shape == (5, 5) and (page.items > 0).all()

@@ -22,11 +22,20 @@ from tests.ranking.ranker_checks import overfit_aucs
 TINY_TRAIN = {"epochs": 6, "batch_size": 256, "lr": 1e-2, "patience": 0, "progress": False, "seed": 0}
 
 
-
 def tiny_ranker(**overrides):
-    spec = {"name": "dcn_din_mmoe", "features": {"dim": 8}, "samples": {"max_history": 8},
-            "deep_hidden": [16], "expert_hidden": [16], "tower_hidden": [8], "attention_hidden": [8],
-            "num_experts": 2, "train": dict(TINY_TRAIN), "score_rows": 64, **overrides}
+    spec = {
+        "name": "dcn_din_mmoe",
+        "features": {"dim": 8},
+        "samples": {"max_history": 8},
+        "deep_hidden": [16],
+        "expert_hidden": [16],
+        "tower_hidden": [8],
+        "attention_hidden": [8],
+        "num_experts": 2,
+        "train": dict(TINY_TRAIN),
+        "score_rows": 64,
+        **overrides,
+    }
     return build("ranker", spec)
 
 
@@ -41,13 +50,26 @@ def planted_world(num_users: int = 80, num_items: int = 60, per_user: int = 40, 
     like = (match ^ noise).astype(np.int8)
     click = np.maximum(like, rng.random(users.size) < 0.3).astype(np.int8)
     times = np.tile(np.arange(per_user), num_users) * 100 + users
-    frame = pl.DataFrame({"user": [f"u{u}" for u in users], "item": [f"i{i}" for i in items],
-                          "timestamp": times.astype(np.int64), "click": click, "like": like})
-    item_table = pl.DataFrame({"item": [f"i{i}" for i in range(num_items)],
-                               "group": [f"g{g}" for g in item_group], "title": [f"t {i}" for i in range(num_items)]})
+    frame = pl.DataFrame(
+        {
+            "user": [f"u{u}" for u in users],
+            "item": [f"i{i}" for i in items],
+            "timestamp": times.astype(np.int64),
+            "click": click,
+            "like": like,
+        }
+    )
+    item_table = pl.DataFrame(
+        {
+            "item": [f"i{i}" for i in range(num_items)],
+            "group": [f"g{g}" for g in item_group],
+            "title": [f"t {i}" for i in range(num_items)],
+        }
+    )
     user_table = pl.DataFrame({"user": [f"u{u}" for u in range(num_users)], "group": [f"g{g}" for g in user_group]})
-    return RawTables("planted", frame, items=item_table, users=user_table, labels=["click", "like"],
-                     text_fields=["title"])
+    return RawTables(
+        "planted", frame, items=item_table, users=user_table, labels=["click", "like"], text_fields=["title"]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +100,13 @@ def test_samples_of_impression_log(planted):
     inter = planted.interactions.with_row_index("row")
     row = inter.filter((pl.col("split") == TRAIN) & (pl.col("user") == 3)).row(10, named=True)
     index = int(np.flatnonzero(builder.split == TRAIN).tolist().index(row["row"]))
-    earlier = inter.filter((pl.col("user") == 3) & (pl.col("timestamp") < row["timestamp"]) & (pl.col("click") == 1)
-                           & (pl.col("split") == TRAIN))["item"].to_list()
-    hist = gather_history(train.history, train.users[index:index + 1], train.history_end[index:index + 1], 5)[0]
+    earlier = inter.filter(
+        (pl.col("user") == 3)
+        & (pl.col("timestamp") < row["timestamp"])
+        & (pl.col("click") == 1)
+        & (pl.col("split") == TRAIN)
+    )["item"].to_list()
+    hist = gather_history(train.history, train.users[index : index + 1], train.history_end[index : index + 1], 5)[0]
     expected = ([0] * 5 + earlier)[-5:]
     assert hist.tolist() == expected
     valid = builder.eval_samples("valid")
@@ -116,8 +142,10 @@ def test_feature_schema_detects_columns(planted):
     assert encoder.user_vectors(torch.tensor([1, 0, 999])).shape == (3, 8)
 
 
-@pytest.mark.parametrize("variant", [{"structure": "stacked", "cross_low_rank": 4, "cross_experts": 2},
-                                     {"attention_softmax": True, "cross_layers": 0}])
+@pytest.mark.parametrize(
+    "variant",
+    [{"structure": "stacked", "cross_low_rank": 4, "cross_experts": 2}, {"attention_softmax": True, "cross_layers": 0}],
+)
 def test_model_variants_give_logits_per_task(planted, variant):
     ranker = tiny_ranker(**variant)
     builder = SampleBuilder(planted, ranker.config.samples)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from benchmarks.ranking import DATASETS, RankingBenchConfig, check_expect, load_bench_config, merge
+
 from recstack.config import from_dict
 from recstack.errors import ConfigError
 from recstack.ranking.base import Ranker
@@ -46,9 +46,17 @@ def test_bad_configs_fail_with_the_key():
 
 def test_merge_and_expect_checks():
     assert merge({"a": {"b": 1, "c": 2}, "d": 1}, {"a": {"b": 3}}) == {"a": {"b": 3, "c": 2}, "d": 1}
-    config = from_dict(RankingBenchConfig, {"name": "x", "ranker": {"name": "dcn_din_mmoe"},
-                                            "expect": {"world/test/click/auc": {"value": 0.70, "tolerance": 0.01},
-                                                       "ml-100k/test/like/auc": {"min": 0.6}}})
+    config = from_dict(
+        RankingBenchConfig,
+        {
+            "name": "x",
+            "ranker": {"name": "dcn_din_mmoe"},
+            "expect": {
+                "world/test/click/auc": {"value": 0.70, "tolerance": 0.01},
+                "ml-100k/test/like/auc": {"min": 0.6},
+            },
+        },
+    )
     checks = check_expect(config, "world", {"click/auc": 0.705, "click/gauc": 0.6})
     assert [(c["metric"], c["pass"]) for c in checks] == [("world/test/click/auc", True)]
     assert not check_expect(config, "world", {"click/auc": 0.72})[0]["pass"]
@@ -60,14 +68,30 @@ def test_markdown_table_has_one_row_per_config_and_ablation():
     from benchmarks.ranking import markdown_table
 
     def record(config, auc, sets=()):
-        return {"kind": "benchmark", "dataset": "world", "model": "m", "config": config, "set": list(sets),
-                "tasks": ["click"], "test": {"click/auc": auc, "click/gauc": 0.6},
-                "params": {"dense": 2_000_000, "activated": 1_000_000, "embedding": 500_000},
-                "flops_per_sample": {"forward": 1.5e6}, "throughput": {"train_e2e_samples_per_s": 1234.0},
-                "mfu": {"train_e2e": 0.0123}, "train_samples_seen": 163840}
+        return {
+            "kind": "benchmark",
+            "dataset": "world",
+            "model": "m",
+            "config": config,
+            "set": list(sets),
+            "tasks": ["click"],
+            "test": {"click/auc": auc, "click/gauc": 0.6},
+            "params": {"dense": 2_000_000, "activated": 1_000_000, "embedding": 500_000},
+            "flops_per_sample": {"forward": 1.5e6},
+            "throughput": {"train_e2e_samples_per_s": 1234.0},
+            "mfu": {"train_e2e": 0.0123},
+            "train_samples_seen": 163840,
+        }
 
-    table = markdown_table([record("a", 0.61), record("a", 0.62), record("a", 0.60, ["layers=1"]),
-                            {**record("b", 0.7), "dataset": "ml-100k"}], "world")
+    table = markdown_table(
+        [
+            record("a", 0.61),
+            record("a", 0.62),
+            record("a", 0.60, ["layers=1"]),
+            {**record("b", 0.7), "dataset": "ml-100k"},
+        ],
+        "world",
+    )
     lines = table.splitlines()
     assert len(lines) == 4 and lines[0].startswith("| model | click AUC / GAUC")
     assert lines[2].startswith("| a | 0.6200 / 0.6000 | 2.00M (1.00M) | 0.50M | 1.50M | 1,234 | 1.23% | 164k")
@@ -79,10 +103,17 @@ def test_update_expect_rewrites_only_the_expect_block(tmp_path):
     from benchmarks.ranking import update_expect
 
     path = tmp_path / "x.yaml"
-    head = ("name: x\nranker: {name: dcn_din_mmoe}\n# # # expect: measured values, see benchmarks/ranking.py\n")
+    head = "name: x\nranker: {name: dcn_din_mmoe}\n# # # expect: measured values, see benchmarks/ranking.py\n"
     path.write_text(head + "expect:\n  world/test/click/auc: {value: 0.5, tolerance: 0.01}\n")
-    run = {"kind": "benchmark", "dataset": "world", "config": "x", "set": [], "date": "2026-11-30T13:00:00+00:00",
-           "train_samples_seen": 800_000, "test": {"click/auc": 0.61234, "click/gauc": 0.6, "purchase/auc": 0.7}}
+    run = {
+        "kind": "benchmark",
+        "dataset": "world",
+        "config": "x",
+        "set": [],
+        "date": "2026-11-30T13:00:00+00:00",
+        "train_samples_seen": 800_000,
+        "test": {"click/auc": 0.61234, "click/gauc": 0.6, "purchase/auc": 0.7},
+    }
     ablation = {**run, "set": ["layers=1"], "test": {"click/auc": 0.9}}
     update_expect(path, [run, ablation, {**run, "config": "other", "test": {"click/auc": 0.1}}])
     text = path.read_text()

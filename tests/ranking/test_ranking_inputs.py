@@ -14,26 +14,51 @@ from recstack.ranking.samples import SampleBuilder, SampleConfig
 
 # user a: (time, item, click, like, long_view, split); user b likewise.
 EVENTS = {
-    "a": [(100, "i1", 1, 0, 0, "train"), (200, "i2", 0, 0, 0, "train"), (300, "i3", 1, 1, 0, "train"),
-          (400, "i4", 1, 0, 1, "train"), (500, "i5", 1, 1, 0, "valid"), (600, "i6", 0, 0, 0, "test")],
-    "b": [(150, "i2", 1, 0, 0, "train"), (250, "i1", 0, 0, 0, "train"), (350, "i3", 1, 0, 0, "valid"),
-          (450, "i4", 0, 0, 0, "test")],
+    "a": [
+        (100, "i1", 1, 0, 0, "train"),
+        (200, "i2", 0, 0, 0, "train"),
+        (300, "i3", 1, 1, 0, "train"),
+        (400, "i4", 1, 0, 1, "train"),
+        (500, "i5", 1, 1, 0, "valid"),
+        (600, "i6", 0, 0, 0, "test"),
+    ],
+    "b": [
+        (150, "i2", 1, 0, 0, "train"),
+        (250, "i1", 0, 0, 0, "train"),
+        (350, "i3", 1, 0, 0, "valid"),
+        (450, "i4", 0, 0, 0, "test"),
+    ],
 }
 # positive rates: click 6/10, like 2/10, long_view 1/10 -> funnel click -> like -> long_view,
 # codes: 1 none positive, 2 click, 3 like, 4 long_view.
 
 
-def tiny_raw(timestamp_kind: str = "unix_seconds", labels: tuple[str, ...] = ("click", "like", "long_view")
-             ) -> RawTables:
+def tiny_raw(
+    timestamp_kind: str = "unix_seconds", labels: tuple[str, ...] = ("click", "like", "long_view")
+) -> RawTables:
     rows = [(u, *e) for u, events in EVENTS.items() for e in events]
-    frame = pl.DataFrame({"user": [r[0] for r in rows], "timestamp": [r[1] for r in rows],
-                          "item": [r[2] for r in rows], "click": [r[3] for r in rows], "like": [r[4] for r in rows],
-                          "long_view": [r[5] for r in rows], "split": [r[6] for r in rows]},
-                         schema_overrides={"click": pl.Int8, "like": pl.Int8, "long_view": pl.Int8})
+    frame = pl.DataFrame(
+        {
+            "user": [r[0] for r in rows],
+            "timestamp": [r[1] for r in rows],
+            "item": [r[2] for r in rows],
+            "click": [r[3] for r in rows],
+            "like": [r[4] for r in rows],
+            "long_view": [r[5] for r in rows],
+            "split": [r[6] for r in rows],
+        },
+        schema_overrides={"click": pl.Int8, "like": pl.Int8, "long_view": pl.Int8},
+    )
     frame = frame.select(["user", "item", "timestamp", *labels, "split"])
     items = pl.DataFrame({"item": [f"i{i}" for i in range(1, 7)]})
-    return RawTables("tiny", frame, items=items, users=pl.DataFrame({"user": ["a", "b"]}), labels=list(labels),
-                     timestamp_kind=timestamp_kind)
+    return RawTables(
+        "tiny",
+        frame,
+        items=items,
+        users=pl.DataFrame({"user": ["a", "b"]}),
+        labels=list(labels),
+        timestamp_kind=timestamp_kind,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -129,10 +154,22 @@ def test_aggregated_loader_batches_whole_groups(tiny):
     that ignores the group inputs (dcn_din_mmoe) trains on it unchanged."""
     from recstack.registry import build
 
-    ranker = build("ranker", {"name": "dcn_din_mmoe", "features": {"dim": 4}, "samples": {"max_history": 3},
-                              "aggregate_users": True, "aggregate_window": 250.0, "deep_hidden": [8],
-                              "expert_hidden": [8], "tower_hidden": [4], "attention_hidden": [4], "num_experts": 2,
-                              "train": {"batch_size": 3, "progress": False}})
+    ranker = build(
+        "ranker",
+        {
+            "name": "dcn_din_mmoe",
+            "features": {"dim": 4},
+            "samples": {"max_history": 3},
+            "aggregate_users": True,
+            "aggregate_window": 250.0,
+            "deep_hidden": [8],
+            "expert_hidden": [8],
+            "tower_hidden": [4],
+            "attention_hidden": [4],
+            "num_experts": 2,
+            "train": {"batch_size": 3, "progress": False},
+        },
+    )
     builder = SampleBuilder(tiny, ranker.config.samples)
     train = builder.train_samples()
     source = ranker._train_source(builder, train, None)

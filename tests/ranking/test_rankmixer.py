@@ -16,13 +16,24 @@ from tests.ranking.test_ranker import TINY_TRAIN, planted_world
 
 @pytest.fixture(scope="module")
 def planted():
-    return prepare(planted_world(num_users=40, per_user=30), PrepareConfig(split="temporal", valid_fraction=0.15,
-                                                                          test_fraction=0.15))
+    return prepare(
+        planted_world(num_users=40, per_user=30),
+        PrepareConfig(split="temporal", valid_fraction=0.15, test_fraction=0.15),
+    )
 
 
 def tiny(name: str, **overrides):
-    spec = {"name": name, "features": {"dim": 4}, "samples": {"max_history": 6}, "dim": 16, "layers": 2,
-            "tower_hidden": [8], "train": dict(TINY_TRAIN, epochs=2), "score_rows": 64, **overrides}
+    spec = {
+        "name": name,
+        "features": {"dim": 4},
+        "samples": {"max_history": 6},
+        "dim": 16,
+        "layers": 2,
+        "tower_hidden": [8],
+        "train": dict(TINY_TRAIN, epochs=2),
+        "score_rows": 64,
+        **overrides,
+    }
     return build("ranker", spec)
 
 
@@ -55,19 +66,22 @@ def test_rankmixer_overfits_tiny_batch(planted):
 
 
 def test_rankmixer_save_load_identical_scores(planted, tmp_path):
-    round_trip_scores(tiny("rankmixer", tokenizer={"mode": "autosplit", "num_tokens": 4}, mmoe_experts=2),
-                      planted, tmp_path)
+    round_trip_scores(
+        tiny("rankmixer", tokenizer={"mode": "autosplit", "num_tokens": 4}, mmoe_experts=2), planted, tmp_path
+    )
 
 
 def test_rankmixer_relu_moe_adds_l1_and_ablations_run(planted):
-    model, inputs = model_and_inputs(tiny("rankmixer", moe_experts=3, tokenizer={"mode": "autosplit",
-                                                                                  "num_tokens": 4}), planted)
+    model, inputs = model_and_inputs(
+        tiny("rankmixer", moe_experts=3, tokenizer={"mode": "autosplit", "num_tokens": 4}), planted
+    )
     out = model.loss(inputs)
     assert out["moe_l1"] > 0
     out["loss"].backward()
     for flags in ({"token_mixing": False}, {"shared_ffn": True}):
-        model, inputs = model_and_inputs(tiny("rankmixer", tokenizer={"mode": "autosplit", "num_tokens": 4},
-                                              **flags), planted)
+        model, inputs = model_and_inputs(
+            tiny("rankmixer", tokenizer={"mode": "autosplit", "num_tokens": 4}, **flags), planted
+        )
         model.loss(inputs)["loss"].backward()
         assert model(inputs)["like"].shape == (32,)
 

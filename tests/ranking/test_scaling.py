@@ -41,8 +41,15 @@ def test_scaling_efficiency_is_the_ratio_of_etas():
         scaling_efficiency(model, fit_scaling(flops, [0.5, 0.4, 0.3, 0.2], higher_is_better=False))
 
 
-@pytest.mark.parametrize("flops,metric,match", [([1e6], [0.7], "at least 2"), ([1e6, 1e6], [0.7, 0.8], "same FLOPs"),
-                                                ([0.0, 1e6], [0.7, 0.8], "> 0"), ([1e6, 1e7], [0.7], "metric")])
+@pytest.mark.parametrize(
+    "flops,metric,match",
+    [
+        ([1e6], [0.7], "at least 2"),
+        ([1e6, 1e6], [0.7, 0.8], "same FLOPs"),
+        ([0.0, 1e6], [0.7, 0.8], "> 0"),
+        ([1e6, 1e7], [0.7], "metric"),
+    ],
+)
 def test_fit_rejects_bad_input(flops, metric, match):
     with pytest.raises(ConfigError, match=match):
         fit_scaling(flops, metric)

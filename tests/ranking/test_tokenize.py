@@ -64,8 +64,11 @@ def test_optional_history_time_and_event_change_only_sequence_tokens(setup):
     assert changed.tolist() == [True, False, False, False, False, True]
     # an empty history gives a finite token; time/event at padding positions are ignored
     empty = dict(inputs, history=torch.zeros_like(inputs["history"]))
-    noisy_pad = dict(empty, history_time=torch.full(inputs["history"].shape, 99.0),
-                     history_event=torch.full(inputs["history"].shape, 5))
+    noisy_pad = dict(
+        empty,
+        history_time=torch.full(inputs["history"].shape, 99.0),
+        history_event=torch.full(inputs["history"].shape, 5),
+    )
     assert torch.equal(tok(empty), tok(noisy_pad))
 
 

@@ -39,8 +39,9 @@ def test_flat_equals_brute_force(data):
     assert torch.allclose(got_scores, want_scores, atol=1e-5)
 
 
-@pytest.mark.parametrize("config", [AnnConfig(kind="hnsw", hnsw_m=16, ef_search=64),
-                                    AnnConfig(kind="ivf", nlist=32, nprobe=8)])
+@pytest.mark.parametrize(
+    "config", [AnnConfig(kind="hnsw", hnsw_m=16, ef_search=64), AnnConfig(kind="ivf", nlist=32, nprobe=8)]
+)
 def test_approximate_recall_vs_flat(data, config):
     items, ids, queries = data
     k = 20

@@ -19,18 +19,25 @@ from recstack.retrieval.itemcf import ItemCF, ItemCFConfig
 HAND = [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (3, 2), (3, 3), (3, 4), (4, 1), (4, 4)]
 
 
-def make_dataset(pairs: list[tuple[int, int]], num_users: int, num_items: int,
-                 splits: list[int] | None = None) -> Dataset:
+def make_dataset(
+    pairs: list[tuple[int, int]], num_users: int, num_items: int, splits: list[int] | None = None
+) -> Dataset:
     users, items = zip(*pairs) if pairs else ((), ())
-    frame = pl.DataFrame({
-        "user": pl.Series(users, dtype=pl.Int32), "item": pl.Series(items, dtype=pl.Int32),
-        "timestamp": pl.Series(range(len(users)), dtype=pl.Int64),
-        "split": pl.Series(splits or [0] * len(users), dtype=pl.Int8),
-    }).sort(["user", "timestamp"], maintain_order=True)
-    return Dataset("tiny", interactions=frame,
-                   items=pl.DataFrame({"item": range(1, num_items + 1), "raw_id": [f"i{i}" for i in range(1, num_items + 1)]}),
-                   users=pl.DataFrame({"user": range(1, num_users + 1), "raw_id": [f"u{u}" for u in range(1, num_users + 1)]}),
-                   meta={})
+    frame = pl.DataFrame(
+        {
+            "user": pl.Series(users, dtype=pl.Int32),
+            "item": pl.Series(items, dtype=pl.Int32),
+            "timestamp": pl.Series(range(len(users)), dtype=pl.Int64),
+            "split": pl.Series(splits or [0] * len(users), dtype=pl.Int8),
+        }
+    ).sort(["user", "timestamp"], maintain_order=True)
+    return Dataset(
+        "tiny",
+        interactions=frame,
+        items=pl.DataFrame({"item": range(1, num_items + 1), "raw_id": [f"i{i}" for i in range(1, num_items + 1)]}),
+        users=pl.DataFrame({"user": range(1, num_users + 1), "raw_id": [f"u{u}" for u in range(1, num_users + 1)]}),
+        meta={},
+    )
 
 
 def random_dataset(num_users: int = 40, num_items: int = 30, seed: int = 0) -> Dataset:
@@ -49,8 +56,14 @@ def test_hand_computed_similarities() -> None:
     model = ItemCF(ItemCFConfig(neighbours=10)).fit(data)
     sim = model.neighbours.toarray()
     a, b = 1 / math.log(4), 1 / math.log(3)  # IUF of users with 3 and 2 items
-    expected = {(1, 2): (a + b) / 3, (1, 3): a / math.sqrt(6), (1, 4): b / math.sqrt(6),
-                (2, 3): 2 * a / math.sqrt(6), (2, 4): a / math.sqrt(6), (3, 4): a / 2}
+    expected = {
+        (1, 2): (a + b) / 3,
+        (1, 3): a / math.sqrt(6),
+        (1, 4): b / math.sqrt(6),
+        (2, 3): 2 * a / math.sqrt(6),
+        (2, 4): a / math.sqrt(6),
+        (3, 4): a / 2,
+    }
     for (i, j), value in expected.items():
         assert sim[i, j] == pytest.approx(value, rel=1e-6)
         assert sim[j, i] == pytest.approx(value, rel=1e-6)
@@ -79,15 +92,15 @@ def test_retrieve_invariants_and_cold_start() -> None:
     for row, items in enumerate(cands.items.tolist()):
         available = data.num_items - len(set(history[row]))
         real = [i for i in items if i > 0]
-        assert len(real) == min(12, available)                       # no padding while items remain
-        assert len(set(real)) == len(real)                          # no duplicates
-        assert not set(real) & set(history[row])                    # no history items
-        assert items[len(real):] == [0] * (12 - len(real))
+        assert len(real) == min(12, available)  # no padding while items remain
+        assert len(set(real)) == len(real)  # no duplicates
+        assert not set(real) & set(history[row])  # no history items
+        assert items[len(real) :] == [0] * (12 - len(real))
         scores = cands.scores[row, : len(real)]
-        assert torch.all(scores[:-1] >= scores[1:])                 # best first
+        assert torch.all(scores[:-1] >= scores[1:])  # best first
     assert torch.equal(cands.channels, (cands.items > 0).long())
     popular = torch.argsort(-data.item_popularity()[1:], stable=True)[:12] + 1
-    assert cands.items[-1].tolist() == popular.tolist()             # cold user: popular items
+    assert cands.items[-1].tolist() == popular.tolist()  # cold user: popular items
 
 
 def test_exclude_history_off_and_large_k() -> None:

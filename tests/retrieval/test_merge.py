@@ -14,10 +14,16 @@ INF = float("inf")
 
 
 def channels() -> dict[str, Candidates]:
-    itemcf = Candidates.from_topk(torch.tensor([[1, 2, 3], [4, 5, 0], [1, 0, 0]]),
-                                  torch.tensor([[0.9, 0.5, 0.1], [0.8, 0.2, -INF], [1.0, -INF, -INF]]), "itemcf")
-    swing = Candidates.from_topk(torch.tensor([[2, 6, 1], [7, 4, 8], [0, 0, 0]]),
-                                 torch.tensor([[3.0, 2.0, 1.0], [5.0, 4.0, 3.0], [-INF, -INF, -INF]]), "swing")
+    itemcf = Candidates.from_topk(
+        torch.tensor([[1, 2, 3], [4, 5, 0], [1, 0, 0]]),
+        torch.tensor([[0.9, 0.5, 0.1], [0.8, 0.2, -INF], [1.0, -INF, -INF]]),
+        "itemcf",
+    )
+    swing = Candidates.from_topk(
+        torch.tensor([[2, 6, 1], [7, 4, 8], [0, 0, 0]]),
+        torch.tensor([[3.0, 2.0, 1.0], [5.0, 4.0, 3.0], [-INF, -INF, -INF]]),
+        "swing",
+    )
     return {"itemcf": itemcf, "swing": swing}
 
 
@@ -56,12 +62,18 @@ def test_merging_a_merged_list_keeps_its_names() -> None:
 
 def test_no_duplicates_or_padding_on_random_lists() -> None:
     generator = torch.Generator().manual_seed(0)
-    lists = {f"c{c}": Candidates.from_topk(torch.randperm(30, generator=generator)[:10].repeat(4, 1) + 1,
-                                           torch.linspace(1, 0, 10).repeat(4, 1), f"c{c}") for c in range(3)}
+    lists = {
+        f"c{c}": Candidates.from_topk(
+            torch.randperm(30, generator=generator)[:10].repeat(4, 1) + 1,
+            torch.linspace(1, 0, 10).repeat(4, 1),
+            f"c{c}",
+        )
+        for c in range(3)
+    }
     merged = merge_candidates(lists, {"c0": 5}, k_total=20)
     for row in merged.items.tolist():
         real = [i for i in row if i > 0]
-        assert len(real) == len(set(real)) and row[len(real):] == [0] * (20 - len(real))
+        assert len(real) == len(set(real)) and row[len(real) :] == [0] * (20 - len(real))
 
 
 def test_errors_name_the_problem() -> None:
@@ -93,8 +105,9 @@ def test_channel_scores_hold_each_channels_rank_evidence() -> None:
     evidence = merged.channel_scores  # [B, K, C]: 1 / (rank in channel + 1), 0 when not retrieved
     assert evidence.shape == (3, 5, 2)
     # row 0: items [1, 2, 6, 3, 0]; itemcf ranks 1,2,3 at 0,1,2; swing ranks 2,6,1 at 0,1,2
-    torch.testing.assert_close(evidence[0], torch.tensor([[1.0, 1 / 3], [0.5, 1.0], [0.0, 0.5], [1 / 3, 0.0],
-                                                          [0.0, 0.0]]))
+    torch.testing.assert_close(
+        evidence[0], torch.tensor([[1.0, 1 / 3], [0.5, 1.0], [0.0, 0.5], [1 / 3, 0.0], [0.0, 0.0]])
+    )
     # merging an already merged list keeps the evidence of its channels
     again = merge_candidates({"both": merged}, None, k_total=5)
     torch.testing.assert_close(again.channel_scores, evidence)

@@ -14,19 +14,37 @@ from recstack.retrieval.popular import Popular, PopularConfig
 
 DAY = 86_400
 # (user, item, timestamp, split): item 1 is popular early, item 3 recently, item 4 only outside train.
-ROWS = [(1, 1, 0, 0), (1, 2, 1 * DAY, 0), (1, 4, 9 * DAY, 2),
-        (2, 1, 1 * DAY, 0), (2, 3, 9 * DAY, 0), (2, 4, 10 * DAY, 1),
-        (3, 1, 2 * DAY, 0), (3, 3, 8 * DAY, 0), (3, 2, 10 * DAY, 0), (3, 4, 11 * DAY, 2)]
+ROWS = [
+    (1, 1, 0, 0),
+    (1, 2, 1 * DAY, 0),
+    (1, 4, 9 * DAY, 2),
+    (2, 1, 1 * DAY, 0),
+    (2, 3, 9 * DAY, 0),
+    (2, 4, 10 * DAY, 1),
+    (3, 1, 2 * DAY, 0),
+    (3, 3, 8 * DAY, 0),
+    (3, 2, 10 * DAY, 0),
+    (3, 4, 11 * DAY, 2),
+]
 
 
 def make_dataset(rows=ROWS, num_users: int = 4, num_items: int = 5) -> Dataset:
     users, items, times, splits = zip(*rows)
-    frame = pl.DataFrame({"user": pl.Series(users, dtype=pl.Int32), "item": pl.Series(items, dtype=pl.Int32),
-                          "timestamp": pl.Series(times, dtype=pl.Int64), "split": pl.Series(splits, dtype=pl.Int8)})
-    return Dataset("tiny", interactions=frame.sort(["user", "timestamp"]),
-                   items=pl.DataFrame({"item": range(1, num_items + 1), "raw_id": [str(i) for i in range(num_items)]}),
-                   users=pl.DataFrame({"user": range(1, num_users + 1), "raw_id": [str(u) for u in range(num_users)]}),
-                   meta={})
+    frame = pl.DataFrame(
+        {
+            "user": pl.Series(users, dtype=pl.Int32),
+            "item": pl.Series(items, dtype=pl.Int32),
+            "timestamp": pl.Series(times, dtype=pl.Int64),
+            "split": pl.Series(splits, dtype=pl.Int8),
+        }
+    )
+    return Dataset(
+        "tiny",
+        interactions=frame.sort(["user", "timestamp"]),
+        items=pl.DataFrame({"item": range(1, num_items + 1), "raw_id": [str(i) for i in range(num_items)]}),
+        users=pl.DataFrame({"user": range(1, num_users + 1), "raw_id": [str(u) for u in range(num_users)]}),
+        meta={},
+    )
 
 
 def test_global_counts_use_train_only() -> None:

@@ -15,11 +15,8 @@ from recstack.eval.evaluator import evaluate_retriever
 from recstack.registry import build
 from recstack.retrieval.base import Retriever
 from recstack.retrieval.sequential import HSTU, SASRec, TrainingWindows
-from recstack.retrieval.sequential.common import (LengthBucketedBatchSource, SequentialModel,
-                                                  full_softmax_cross_entropy)
+from recstack.retrieval.sequential.common import LengthBucketedBatchSource, SequentialModel, full_softmax_cross_entropy
 from recstack.train import TrainConfig
-
-
 
 NUM_ITEMS = 12
 
@@ -37,8 +34,19 @@ def successor_dataset(num_users: int = 36, length: int = 7, timestamp_kind: str 
 
 
 def tiny_train(epochs: int = 40) -> TrainConfig:
-    return TrainConfig(epochs=epochs, batch_size=12, lr=1e-2, weight_decay=0.0, warmup_ratio=0.0, min_lr_ratio=0.1,
-                       patience=0, eval_every=epochs, monitor="recall@10", progress=False, seed=0)
+    return TrainConfig(
+        epochs=epochs,
+        batch_size=12,
+        lr=1e-2,
+        weight_decay=0.0,
+        warmup_ratio=0.0,
+        min_lr_ratio=0.1,
+        patience=0,
+        eval_every=epochs,
+        monitor="recall@10",
+        progress=False,
+        seed=0,
+    )
 
 
 SMALL = {"dim": 16, "max_len": 8, "dropout": 0.0}
@@ -98,8 +106,16 @@ def test_length_bucketed_batches_cover_every_row_once_and_are_seeded():
 @pytest.mark.parametrize("loss", ["ce", "sampled_softmax", "bce"])
 @pytest.mark.parametrize("model", ["sasrec", "hstu"])
 def test_losses_are_finite_and_reach_every_parameter_group(successor, model, loss):
-    retriever = build("retriever", {"name": model, **SMALL, "loss": loss, "num_negatives": 5,
-                                    "negative_sampler": "popularity" if loss == "sampled_softmax" else "uniform"})
+    retriever = build(
+        "retriever",
+        {
+            "name": model,
+            **SMALL,
+            "loss": loss,
+            "num_negatives": 5,
+            "negative_sampler": "popularity" if loss == "sampled_softmax" else "uniform",
+        },
+    )
     retriever._build(successor.num_items, False, successor.item_popularity("train"))
     windows = TrainingWindows(successor.sequences(before="valid"), None, 8, None)
     out = retriever.model.loss(windows.collate(torch.arange(6)))
@@ -171,8 +187,9 @@ def test_hstu_time_bias_follows_timestamp_kind(tmp_path):
 
 
 def test_refit_on_train_and_valid_runs_all_epochs_without_evaluating(successor):
-    refit = build("retriever", {"name": "sasrec", **SMALL, "train_on": "train+valid",
-                                "train": tiny_train(epochs=2).__dict__}).fit(successor)
+    refit = build(
+        "retriever", {"name": "sasrec", **SMALL, "train_on": "train+valid", "train": tiny_train(epochs=2).__dict__}
+    ).fit(successor)
     assert refit.result.best_epoch is None and len(refit.result.history) == 2
     assert all(record["metrics"] == {} for record in refit.result.history)
 

@@ -22,15 +22,21 @@ HAND = [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (3, 2), (3, 3), (3, 4), (4, 1), 
 
 def make_dataset(pairs: list[tuple[int, int]], num_users: int, num_items: int) -> Dataset:
     users, items = zip(*pairs)
-    frame = pl.DataFrame({
-        "user": pl.Series(users, dtype=pl.Int32), "item": pl.Series(items, dtype=pl.Int32),
-        "timestamp": pl.Series(range(len(users)), dtype=pl.Int64),
-        "split": pl.Series([0] * len(users), dtype=pl.Int8),
-    }).sort(["user", "timestamp"], maintain_order=True)
-    return Dataset("tiny", interactions=frame,
-                   items=pl.DataFrame({"item": range(1, num_items + 1), "raw_id": [str(i) for i in range(num_items)]}),
-                   users=pl.DataFrame({"user": range(1, num_users + 1), "raw_id": [str(u) for u in range(num_users)]}),
-                   meta={})
+    frame = pl.DataFrame(
+        {
+            "user": pl.Series(users, dtype=pl.Int32),
+            "item": pl.Series(items, dtype=pl.Int32),
+            "timestamp": pl.Series(range(len(users)), dtype=pl.Int64),
+            "split": pl.Series([0] * len(users), dtype=pl.Int8),
+        }
+    ).sort(["user", "timestamp"], maintain_order=True)
+    return Dataset(
+        "tiny",
+        interactions=frame,
+        items=pl.DataFrame({"item": range(1, num_items + 1), "raw_id": [str(i) for i in range(num_items)]}),
+        users=pl.DataFrame({"user": range(1, num_users + 1), "raw_id": [str(u) for u in range(num_users)]}),
+        meta={},
+    )
 
 
 def random_pairs(num_users: int, num_items: int, seed: int) -> list[tuple[int, int]]:
@@ -43,8 +49,9 @@ def random_pairs(num_users: int, num_items: int, seed: int) -> list[tuple[int, i
     return pairs
 
 
-def brute_force_swing(user_items: dict[int, set[int]], num_items: int, alpha: float,
-                      weights: dict[int, float]) -> np.ndarray:
+def brute_force_swing(
+    user_items: dict[int, set[int]], num_items: int, alpha: float, weights: dict[int, float]
+) -> np.ndarray:
     """The Swing definition, literally: every item pair, every unordered pair of their common users."""
     sim = np.zeros((num_items + 1, num_items + 1))
     for i, j in itertools.permutations(range(1, num_items + 1), 2):
@@ -56,7 +63,7 @@ def brute_force_swing(user_items: dict[int, set[int]], num_items: int, alpha: fl
 
 def user_sets(matrix) -> dict[int, set[int]]:
     matrix = matrix.tocsr()
-    return {u: set(matrix.indices[matrix.indptr[u]:matrix.indptr[u + 1]].tolist()) for u in range(matrix.shape[0])}
+    return {u: set(matrix.indices[matrix.indptr[u] : matrix.indptr[u + 1]].tolist()) for u in range(matrix.shape[0])}
 
 
 def test_hand_example() -> None:
@@ -79,8 +86,9 @@ def test_equals_brute_force_on_random_data(seed: int) -> None:
     model = Swing(config).fit(data)
     sets = user_sets(interaction_matrix(data))
     weights = {u: (len(items) + 1.0) ** -0.5 for u, items in sets.items()}
-    np.testing.assert_allclose(model.neighbours.toarray(), brute_force_swing(sets, 15, 0.5, weights),
-                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        model.neighbours.toarray(), brute_force_swing(sets, 15, 0.5, weights), rtol=1e-5, atol=1e-7
+    )
 
 
 def test_sampling_caps_users_per_item_and_matches_reference() -> None:
@@ -88,7 +96,7 @@ def test_sampling_caps_users_per_item_and_matches_reference() -> None:
     full = interaction_matrix(data)
     sampled = sample_users_per_item(full, max_users=6, seed=7)
     assert np.diff(sampled.tocsc().indptr).max() <= 6
-    assert (sampled.multiply(full) != sampled).nnz == 0                      # a subset of the data
+    assert (sampled.multiply(full) != sampled).nnz == 0  # a subset of the data
     model = Swing(SwingConfig(neighbours=10, user_weighting=False, max_users_per_item=6, seed=7)).fit(data)
     reference = brute_force_swing(user_sets(sampled), 10, 1.0, {u: 1.0 for u in range(41)})
     np.testing.assert_allclose(model.neighbours.toarray(), reference, rtol=1e-5, atol=1e-7)

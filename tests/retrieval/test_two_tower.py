@@ -19,8 +19,9 @@ from recstack.retrieval.two_tower import TwoTower, TwoTowerConfig, in_batch_logi
 from recstack.train import TrainConfig
 
 
-def planted(num_users: int = 150, num_items: int = 150, clusters: int = 6, per_user: int = 12,
-            seed: int = 0) -> Dataset:
+def planted(
+    num_users: int = 150, num_items: int = 150, clusters: int = 6, per_user: int = 12, seed: int = 0
+) -> Dataset:
     """Users belong to a cluster and consume distinct items of their cluster; last item test, one before valid."""
     rng = np.random.default_rng(seed)
     item_cluster = np.arange(num_items) % clusters
@@ -30,24 +31,35 @@ def planted(num_users: int = 150, num_items: int = 150, clusters: int = 6, per_u
     order = np.argsort(rng.random((num_users, pools.shape[1])), axis=1)[:, :per_user]
     items = np.take_along_axis(pools[user_cluster], order, axis=1) + 1
     splits = np.tile(np.r_[np.zeros(per_user - 2), 1, 2], num_users)
-    inter = pl.DataFrame({"user": np.repeat(np.arange(1, num_users + 1), per_user).astype(np.int32),
-                          "item": items.ravel().astype(np.int32),
-                          "timestamp": np.tile(np.arange(per_user), num_users).astype(np.int64),
-                          "split": splits.astype(np.int8)})
-    items_t = pl.DataFrame({"item": np.arange(1, num_items + 1, dtype=np.int32),
-                            "raw_id": [f"i{i}" for i in range(num_items)],
-                            "title": [f"movie number {i}" for i in range(num_items)],
-                            "category": [f"c{c}|all" for c in item_cluster]})
-    users_t = pl.DataFrame({"user": np.arange(1, num_users + 1, dtype=np.int32),
-                            "raw_id": [f"u{u}" for u in range(num_users)],
-                            "group": [f"g{c % 2}" for c in user_cluster]})
+    inter = pl.DataFrame(
+        {
+            "user": np.repeat(np.arange(1, num_users + 1), per_user).astype(np.int32),
+            "item": items.ravel().astype(np.int32),
+            "timestamp": np.tile(np.arange(per_user), num_users).astype(np.int64),
+            "split": splits.astype(np.int8),
+        }
+    )
+    items_t = pl.DataFrame(
+        {
+            "item": np.arange(1, num_items + 1, dtype=np.int32),
+            "raw_id": [f"i{i}" for i in range(num_items)],
+            "title": [f"movie number {i}" for i in range(num_items)],
+            "category": [f"c{c}|all" for c in item_cluster],
+        }
+    )
+    users_t = pl.DataFrame(
+        {
+            "user": np.arange(1, num_users + 1, dtype=np.int32),
+            "raw_id": [f"u{u}" for u in range(num_users)],
+            "group": [f"g{c % 2}" for c in user_cluster],
+        }
+    )
     return Dataset("planted", inter, items_t, users_t, meta={"labels": [], "text_fields": ["title"]})
 
 
 def config(**overrides) -> TwoTowerConfig:
     train = TrainConfig(epochs=8, batch_size=128, lr=5e-3, progress=False, patience=0)
     return replace(TwoTowerConfig(dim=32, hidden=[64], num_negatives=32, train=train), **overrides)
-
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +81,9 @@ def test_learns_planted_clusters_and_beats_popularity(dataset, fitted):
     assert learned > 0.4 and learned > 3 * popular
 
 
-@pytest.mark.parametrize("overrides", [dict(loss="sampled", sampler="uniform"),
-                                       dict(loss="mixed", pooling="mean", user_id=True)])
+@pytest.mark.parametrize(
+    "overrides", [dict(loss="sampled", sampler="uniform"), dict(loss="mixed", pooling="mean", user_id=True)]
+)
 def test_other_losses_and_towers_train(dataset, overrides):
     model = TwoTower(config(**overrides, train=replace(config().train, epochs=3))).fit(dataset)
     losses = [h["train"]["loss"] for h in model.train_result.history]
@@ -143,8 +156,17 @@ def test_save_load_gives_identical_candidates(dataset, fitted, tmp_path):
 
 
 def test_features_are_detected_and_persisted(dataset, tmp_path):
-    model = build("retriever", {"name": "two_tower", "dim": 16, "hidden": [], "ann": {"kind": "hnsw"},
-                                "serving": "faiss", "train": {"epochs": 1, "progress": False}})
+    model = build(
+        "retriever",
+        {
+            "name": "two_tower",
+            "dim": 16,
+            "hidden": [],
+            "ann": {"kind": "hnsw"},
+            "serving": "faiss",
+            "train": {"epochs": 1, "progress": False},
+        },
+    )
     model.fit(dataset)
     # "title" is a text field and "raw_id" an id: only the categorical columns are used.
     assert model.feature_columns == {"item": ["category"], "user": ["group"]}
@@ -166,13 +188,21 @@ def test_fit_is_deterministic(dataset):
 def test_feature_bag_is_sum_over_columns_of_token_means():
     from recstack.nn.categorical import FeatureBag, categorical_tokens
 
-    frame = pl.DataFrame({"item": [1, 2, 3], "genres": ["Action, Comedy", "Drama", None],
-                          "year": [1995, None, 1995], "tags": [["a", "b"], [], None]})
+    frame = pl.DataFrame(
+        {
+            "item": [1, 2, 3],
+            "genres": ["Action, Comedy", "Drama", None],
+            "year": [1995, None, 1995],
+            "tags": [["a", "b"], [], None],
+        }
+    )
     table = categorical_tokens(frame, "item", 4, ["genres", "year", "tags"])
     assert table.tokens.tolist()[0] == [] and table.tokens.tolist()[3] == [table.vocab.index("year=1995")]
     bag = FeatureBag(len(table.vocab), table.weights.numel(), 4, dim=3).set_tokens(table)
     w, v = bag.bag.weight, table.vocab.index
-    want = (w[v("genres=Action")] + w[v("genres=Comedy")]) / 2 + w[v("year=1995")] + (w[v("tags=a")] + w[v("tags=b")]) / 2
+    want = (
+        (w[v("genres=Action")] + w[v("genres=Comedy")]) / 2 + w[v("year=1995")] + (w[v("tags=a")] + w[v("tags=b")]) / 2
+    )
     out = bag(torch.tensor([[1, 0], [2, 3]]))
     assert out.shape == (2, 2, 3) and (out[0, 1] == 0).all()
     assert torch.allclose(out[0, 0], want) and torch.allclose(out[1, 0], w[v("genres=Drama")])

@@ -25,7 +25,6 @@ from recstack.semantic_ids.encoders.fused import FusedEncoder, FusedEncoderConfi
 from recstack.semantic_ids.encoders.text import TextEncoder, TextEncoderConfig, item_texts
 
 
-
 class HashingModel:
     """Fake sentence model: a fixed random vector per text (seeded by its hash); counts calls."""
 
@@ -51,13 +50,19 @@ class ExplodingModel:
 def product_dataset(titles: list[str] | None = None):
     titles = titles or ["Red shoe", "Blue shoe", "Red shoe", "Lamp", "Desk"]
     n = len(titles)
-    items = pl.DataFrame({"item": [f"p{i}" for i in range(n)], "title": titles,
-                          "brand": ["Acme", None, "Acme", "", "Ikea"][:n] + ["X"] * max(0, n - 5),
-                          "categories": ["Shoes > Red", "Shoes", "Shoes > Red", None, ""][:n] + ["Y"] * max(0, n - 5)})
+    items = pl.DataFrame(
+        {
+            "item": [f"p{i}" for i in range(n)],
+            "title": titles,
+            "brand": ["Acme", None, "Acme", "", "Ikea"][:n] + ["X"] * max(0, n - 5),
+            "categories": ["Shoes > Red", "Shoes", "Shoes > Red", None, ""][:n] + ["Y"] * max(0, n - 5),
+        }
+    )
     rng = np.random.default_rng(0)
     users = [f"u{u}" for u in range(12) for _ in range(4)]
-    inter = pl.DataFrame({"user": users, "item": [f"p{i}" for i in rng.integers(0, n, len(users))],
-                          "timestamp": list(range(len(users)))})
+    inter = pl.DataFrame(
+        {"user": users, "item": [f"p{i}" for i in rng.integers(0, n, len(users))], "timestamp": list(range(len(users)))}
+    )
     raw = RawTables("products", inter, items=items, text_fields=["title", "brand", "categories"])
     return prepare(raw, PrepareConfig(dedup="none"))
 
@@ -68,13 +73,15 @@ def test_item_texts_format_and_alignment():
     raw_ids = ds.raw_item_ids()
     texts = dict(zip(raw_ids, item_texts(ds)))
     assert texts["p0"] == "title: Red shoe; brand: Acme; categories: Shoes > Red"
-    assert texts["p1"] == "title: Blue shoe; categories: Shoes"          # null brand skipped
-    assert texts["p3"] == "title: Lamp"                                   # empty brand, null category skipped
-    listed = dataclasses.replace(ds, items=ds.items.with_columns(
-        pl.Series("categories", [["a", "b"], None, [], ["c"], ["d"]][: ds.num_items])))
+    assert texts["p1"] == "title: Blue shoe; categories: Shoes"  # null brand skipped
+    assert texts["p3"] == "title: Lamp"  # empty brand, null category skipped
+    listed = dataclasses.replace(
+        ds, items=ds.items.with_columns(pl.Series("categories", [["a", "b"], None, [], ["c"], ["d"]][: ds.num_items]))
+    )
     assert item_texts(listed, fields=["categories"], format="values") == ["a, b", "", "", "c", "d"]
-    values = dict(zip(raw_ids, item_texts(ds, fields=["brand", "title"], format="values", separator=" | ",
-                                          max_field_chars=3)))
+    values = dict(
+        zip(raw_ids, item_texts(ds, fields=["brand", "title"], format="values", separator=" | ", max_field_chars=3))
+    )
     assert values["p0"] == "Acm | Red"
     with pytest.raises(DataError, match="'colour'"):
         item_texts(ds, fields=["title", "colour"])
@@ -145,18 +152,46 @@ def test_default_cache_lives_under_recstack_home(isolated_home):
 # ---- a real (tiny) sentence-transformers folder, built offline -------------------------------------
 def _tiny_sentence_model(folder):
     from sentence_transformers import SentenceTransformer
+
     try:  # sentence-transformers >= 6 moved the modules; older releases keep `models`
         from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
     except ImportError:
         from sentence_transformers.models import Pooling, Transformer
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "title", "brand", "categories", ":", ";", ",",
-             "red", "blue", "shoe", "lamp", "desk", "acme", "ikea", "shoes"]
+    words = [
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        "title",
+        "brand",
+        "categories",
+        ":",
+        ";",
+        ",",
+        "red",
+        "blue",
+        "shoe",
+        "lamp",
+        "desk",
+        "acme",
+        "ikea",
+        "shoes",
+    ]
     (folder / "hf").mkdir(parents=True)
     (folder / "vocab.txt").write_text("\n".join(words) + "\n")
-    BertModel(BertConfig(vocab_size=len(words), hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=16, max_position_embeddings=64)).save_pretrained(folder / "hf")
+    BertModel(
+        BertConfig(
+            vocab_size=len(words),
+            hidden_size=8,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=16,
+            max_position_embeddings=64,
+        )
+    ).save_pretrained(folder / "hf")
     BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder / "hf")
     modules = [Transformer(str(folder / "hf"), max_seq_length=32), Pooling(8, "mean")]
     SentenceTransformer(modules=modules).save(str(folder / "st"))
@@ -173,6 +208,7 @@ def test_text_encoder_loads_a_local_sentence_transformers_folder(tmp_path, monke
     assert out.shape == (ds.num_items + 1, 8) and torch.all(out[0] == 0)
     assert torch.allclose(out[1:].norm(dim=1), torch.ones(ds.num_items), atol=1e-5)
     import os
+
     assert os.environ["HF_HUB_OFFLINE"] == "1"
     assert encoder.model_id() == "st"
 
@@ -201,7 +237,7 @@ def test_fused_concat_normalises_each_part_and_applies_weights():
     ratio = fused[1:, :4].norm(dim=1) / fused[1:, 4:].norm(dim=1)
     assert torch.allclose(ratio, torch.full((5,), 2.0), atol=1e-5)
     raw = concat_normalized([a, b], normalize_output=False)
-    assert torch.allclose(raw[1:].norm(dim=1), torch.full((5,), 2 ** 0.5), atol=1e-5)
+    assert torch.allclose(raw[1:].norm(dim=1), torch.full((5,), 2**0.5), atol=1e-5)
 
 
 def test_fused_encoder_over_two_text_encoders(tmp_path):
@@ -256,6 +292,7 @@ def test_swing_pairs_counts_and_threshold():
     assert report["pairs"] == len(pairs) <= report["above_threshold"] <= report["swing_entries"]
     assert torch.all(cluster_of[pairs[:, 0]] == cluster_of[pairs[:, 1]])  # Swing links only co-engaged items
     from recstack.semantic_ids.encoders.alignment import SwingPairsConfig
+
     few, few_report = swing_pairs(ds, SwingPairsConfig(max_pairs=5))
     assert len(few) == 5 and few_report["pairs"] == 5
     with pytest.raises(DataError, match="no item pairs"):
@@ -266,8 +303,9 @@ def test_alignment_loss_decreases_and_pulls_swing_pairs_together():
     ds, cluster_of = planted_dataset()
     pairs, _ = swing_pairs(ds)
     text = torch.randn(ds.num_items + 1, 32, generator=torch.Generator().manual_seed(0))  # no cluster signal
-    config = from_dict(AlignmentConfig, {"hidden": [64], "train": {"epochs": 60, "batch_size": 32, "lr": 3e-3,
-                                                                   "progress": False}})
+    config = from_dict(
+        AlignmentConfig, {"hidden": [64], "train": {"epochs": 60, "batch_size": 32, "lr": 3e-3, "progress": False}}
+    )
     aligned, report = align_embeddings(text, pairs, config)
     assert aligned.shape == text.shape and torch.all(aligned[0] == 0)
     assert report["loss_last_epoch"] < 0.5 * report["loss_first_epoch"]
@@ -282,6 +320,7 @@ def test_alignment_loss_decreases_and_pulls_swing_pairs_together():
 
 def test_aligned_encoder_wraps_a_base_encoder(tmp_path):
     from recstack.semantic_ids.encoders.alignment import AlignedEncoder, AlignedEncoderConfig
+
     ds, _ = planted_dataset()
     config = from_dict(AlignedEncoderConfig, {"alignment": {"hidden": [16], "train": {"epochs": 2, "progress": False}}})
     encoder = AlignedEncoder(config, base=TextEncoder(model=HashingModel(8)))

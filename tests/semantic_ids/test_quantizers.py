@@ -17,8 +17,9 @@ from recstack.semantic_ids.base import limited_threads
 from recstack.semantic_ids.kmeans import KMeansConfig, assign, fit_kmeans
 
 
-def planted(dim: int = 32, seed: int = 0, per_leaf: int = 1, noise: float = 0.01,
-            scales: tuple[float, ...] = (1.0, 0.3, 0.1)) -> tuple[torch.Tensor, torch.Tensor]:
+def planted(
+    dim: int = 32, seed: int = 0, per_leaf: int = 1, noise: float = 0.01, scales: tuple[float, ...] = (1.0, 0.3, 0.1)
+) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     centres = [torch.randn(8, dim, generator=g) * s / math.sqrt(dim) for s in scales]
     grid = torch.cartesian_prod(*[torch.arange(8)] * len(scales)).repeat(per_leaf, 1)
@@ -36,10 +37,25 @@ SPECS = {
     "rq_gmm": {"name": "rq_gmm", "levels": 3, "codebook_size": 8},
     "rq_gmm_kmeans_init": {"name": "rq_gmm", "levels": 3, "codebook_size": 8, "init": "kmeans"},
     "res_kmeans_fsq": {"name": "res_kmeans_fsq", "kmeans_levels": 2, "codebook_size": 8, "fsq_dims": 3},
-    "res_kmeans_fsq_learned": {"name": "res_kmeans_fsq", "kmeans_levels": 2, "codebook_size": 8, "fsq_dims": 3,
-                               "fsq_projection": "learned", "fsq_steps": 30, "fsq_batch_size": 256},
-    "rq_vae": {"name": "rq_vae", "levels": 3, "codebook_size": 8, "hidden_dims": [], "latent_dim": 16,
-               "epochs": 50, "batch_size": 64, "lr": 1e-2},
+    "res_kmeans_fsq_learned": {
+        "name": "res_kmeans_fsq",
+        "kmeans_levels": 2,
+        "codebook_size": 8,
+        "fsq_dims": 3,
+        "fsq_projection": "learned",
+        "fsq_steps": 30,
+        "fsq_batch_size": 256,
+    },
+    "rq_vae": {
+        "name": "rq_vae",
+        "levels": 3,
+        "codebook_size": 8,
+        "hidden_dims": [],
+        "latent_dim": 16,
+        "epochs": 50,
+        "batch_size": 64,
+        "lr": 1e-2,
+    },
 }
 # collision-rate ceilings (before de-duplication): exact recovery gives 0
 MAX_COLLISIONS = {"rq_vae": 0.5, "res_kmeans_fsq": 0.1, "res_kmeans_fsq_learned": 0.4}
@@ -77,8 +93,9 @@ def test_recovers_planted_structure(key, data, fitted):
     assert report["relative_rmse"] < (0.25 if key == "rq_vae" else 0.1)
 
 
-@pytest.mark.parametrize("key", ["rq_kmeans", "rq_kmeans_sinkhorn", "rq_kmeans_l2", "rq_gmm",
-                                 "res_kmeans_fsq_learned", "rq_vae"])
+@pytest.mark.parametrize(
+    "key", ["rq_kmeans", "rq_kmeans_sinkhorn", "rq_kmeans_l2", "rq_gmm", "res_kmeans_fsq_learned", "rq_vae"]
+)
 def test_save_load_encode_identical(key, data, fitted, tmp_path):
     x = data[0]
     quantizer = fitted[key]
@@ -101,7 +118,7 @@ def test_streamed_encoding_matches(data, fitted):
     x = data[0]
     quantizer = fitted["rq_gmm"]
     whole = quantizer.encode(x)
-    chunked = torch.cat(list(quantizer.encode_stream(x[i:i + 100] for i in range(0, 512, 100))))
+    chunked = torch.cat(list(quantizer.encode_stream(x[i : i + 100] for i in range(0, 512, 100))))
     assert torch.equal(chunked, whole)
     assert torch.equal(quantizer.encode(x.numpy().astype(np.float64)), whole)  # numpy input
 
@@ -160,9 +177,12 @@ def test_fsq_last_level_cuts_collisions():
     # 4 items per leaf with item-level noise: 3 × 8 K-means codes cannot separate them, an FSQ last level can
     x, _ = planted(per_leaf=4, noise=0.05)
     plain = build("quantizer", {"name": "rq_kmeans", "levels": 3, "codebook_size": 8, **FAST}).fit(x)
-    fsq = build("quantizer", {"name": "res_kmeans_fsq", "kmeans_levels": 2, "codebook_size": 8, "fsq_dims": 8,
-                              **FAST}).fit(x)
-    assert fsq.codebook_sizes == [8, 8, 3 ** 8]
-    rate = {q.name: SemanticIds.from_codes(q.encode(x), q.codebook_sizes).diagnostics()["collision_rate"]
-            for q in (plain, fsq)}
+    fsq = build(
+        "quantizer", {"name": "res_kmeans_fsq", "kmeans_levels": 2, "codebook_size": 8, "fsq_dims": 8, **FAST}
+    ).fit(x)
+    assert fsq.codebook_sizes == [8, 8, 3**8]
+    rate = {
+        q.name: SemanticIds.from_codes(q.encode(x), q.codebook_sizes).diagnostics()["collision_rate"]
+        for q in (plain, fsq)
+    }
     assert rate["res_kmeans_fsq"] < 0.5 * rate["rq_kmeans"]

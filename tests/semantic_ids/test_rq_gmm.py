@@ -30,15 +30,23 @@ def test_em_matches_sklearn_step_for_step():
     x, _ = blobs()
     k = 4
     g = torch.Generator().manual_seed(3)
-    init = DiagGMM(torch.full((k,), -math.log(k), dtype=torch.float64),
-                   x[torch.randperm(x.shape[0], generator=g)[:k]].clone(),
-                   torch.ones(k, x.shape[1], dtype=torch.float64))
+    init = DiagGMM(
+        torch.full((k,), -math.log(k), dtype=torch.float64),
+        x[torch.randperm(x.shape[0], generator=g)[:k]].clone(),
+        torch.ones(k, x.shape[1], dtype=torch.float64),
+    )
     floor = 1e-6
-    ours, history = em(x, init, iters=7, tol=0.0, floor=floor, floor_mode="add", reseed_min_weight=0.0,
-                       chunk_size=128)
-    reference = GaussianMixture(k, covariance_type="diag", max_iter=7, tol=0.0, reg_covar=floor,
-                                weights_init=np.full(k, 1.0 / k), means_init=init.means.numpy(),
-                                precisions_init=1.0 / init.variances.numpy())
+    ours, history = em(x, init, iters=7, tol=0.0, floor=floor, floor_mode="add", reseed_min_weight=0.0, chunk_size=128)
+    reference = GaussianMixture(
+        k,
+        covariance_type="diag",
+        max_iter=7,
+        tol=0.0,
+        reg_covar=floor,
+        weights_init=np.full(k, 1.0 / k),
+        means_init=init.means.numpy(),
+        precisions_init=1.0 / init.variances.numpy(),
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         reference.fit(x.numpy())
@@ -52,10 +60,22 @@ def test_em_matches_sklearn_step_for_step():
 
 def test_rq_gmm_level_matches_sklearn_fit():
     x, labels = blobs(seed=1)
-    quantizer = build("quantizer", {"name": "rq_gmm", "levels": 1, "codebook_size": 4, "em_iters": 100,
-                                    "tol": 1e-9, "compute_dtype": "float64", "floor_relative": False,
-                                    "variance_floor": 1e-6, "floor_mode": "add", "max_points_per_component": 0,
-                                    "threads": 1})
+    quantizer = build(
+        "quantizer",
+        {
+            "name": "rq_gmm",
+            "levels": 1,
+            "codebook_size": 4,
+            "em_iters": 100,
+            "tol": 1e-9,
+            "compute_dtype": "float64",
+            "floor_relative": False,
+            "variance_floor": 1e-6,
+            "floor_mode": "add",
+            "max_points_per_component": 0,
+            "threads": 1,
+        },
+    )
     quantizer.fit(x)
     codes = quantizer.encode(x)[:, 0]
     reference = GaussianMixture(4, covariance_type="diag", reg_covar=1e-6, n_init=3, random_state=0).fit(x.numpy())
@@ -71,8 +91,9 @@ def test_collapsed_component_is_reseeded_at_worst_points():
     x, _ = blobs(k=3, seed=2)
     k = 4
     means = torch.cat([x[[0, 150, 300]], torch.full((1, x.shape[1]), 1e3, dtype=torch.float64)])  # 4th: far away
-    init = DiagGMM(torch.full((k,), -math.log(k), dtype=torch.float64), means,
-                   torch.ones(k, x.shape[1], dtype=torch.float64))
+    init = DiagGMM(
+        torch.full((k,), -math.log(k), dtype=torch.float64), means, torch.ones(k, x.shape[1], dtype=torch.float64)
+    )
     kept, _ = em(x, init, iters=1, tol=0.0, floor=1e-4, reseed_min_weight=0.0)
     assert float(kept.log_weights[3].exp()) < 1e-10  # without re-seeding the far component stays empty
     reseeded, _ = em(x, init, iters=1, tol=0.0, floor=1e-4, reseed_min_weight=0.01)
@@ -85,12 +106,22 @@ def test_collapsed_component_is_reseeded_at_worst_points():
 def test_variance_floor_clamps_degenerate_dimensions():
     x, _ = blobs(k=2, seed=4)
     x[:, 2] = 1.5  # a constant dimension: zero variance in every component
-    quantizer = build("quantizer", {"name": "rq_gmm", "levels": 2, "codebook_size": 2, "threads": 1,
-                                    "variance_floor": 1e-3, "max_points_per_component": 0})
+    quantizer = build(
+        "quantizer",
+        {
+            "name": "rq_gmm",
+            "levels": 2,
+            "codebook_size": 2,
+            "threads": 1,
+            "variance_floor": 1e-3,
+            "max_points_per_component": 0,
+        },
+    )
     codes = quantizer.fit(x).encode(x)
     floor = 1e-3 * float(x.var(0).mean())  # relative floor: a share of the level's mean variance
-    torch.testing.assert_close(quantizer.tensors["variances.0"][:, 2], torch.full((2,), floor, dtype=torch.float64),
-                               rtol=1e-4, atol=0.0)
+    torch.testing.assert_close(
+        quantizer.tensors["variances.0"][:, 2], torch.full((2,), floor, dtype=torch.float64), rtol=1e-4, atol=0.0
+    )
     for level in range(2):
         assert bool((quantizer.tensors[f"variances.{level}"] > 0).all())
     assert torch.isfinite(quantizer.decode(codes)).all()
@@ -112,8 +143,11 @@ def test_hard_residuals_decode_to_component_means():
 def test_sparse_m_step_matches_exact_when_responsibilities_are_hard():
     x, _ = blobs(k=6, seed=6)
     k = 6
-    init = DiagGMM(torch.full((k,), -math.log(k), dtype=torch.float64), x[::150][:k].clone(),
-                   torch.ones(k, x.shape[1], dtype=torch.float64))
+    init = DiagGMM(
+        torch.full((k,), -math.log(k), dtype=torch.float64),
+        x[::150][:k].clone(),
+        torch.ones(k, x.shape[1], dtype=torch.float64),
+    )
     exact, exact_history = em(x, init, iters=5, tol=0.0, floor=1e-6, resp_topk=0)
     sparse, sparse_history = em(x, init, iters=5, tol=0.0, floor=1e-6, resp_topk=2)
     torch.testing.assert_close(sparse.means, exact.means, rtol=1e-5, atol=1e-6)

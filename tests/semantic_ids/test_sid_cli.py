@@ -24,8 +24,12 @@ class HashingModel:
     loads = 0
 
     def encode(self, sentences, normalize_embeddings=False, **_):
-        rows = [torch.randn(12, generator=torch.Generator().manual_seed(
-            int(hashlib.sha256(s.encode()).hexdigest()[:8], 16))) for s in sentences]
+        rows = [
+            torch.randn(
+                12, generator=torch.Generator().manual_seed(int(hashlib.sha256(s.encode()).hexdigest()[:8], 16))
+            )
+            for s in sentences
+        ]
         out = torch.stack(rows)
         return torch.nn.functional.normalize(out, dim=1) if normalize_embeddings else out
 
@@ -52,8 +56,26 @@ def saved_dataset(tiny_dataset):
 
 
 def fit(out, *extra):
-    return runner.invoke(app, ["sid", "fit", "--dataset", "tiny", "--encoder", "text", "--quantizer", "rq_kmeans",
-                               "--levels", "2", "--codebook", "4", "--out", str(out), *extra])
+    return runner.invoke(
+        app,
+        [
+            "sid",
+            "fit",
+            "--dataset",
+            "tiny",
+            "--encoder",
+            "text",
+            "--quantizer",
+            "rq_kmeans",
+            "--levels",
+            "2",
+            "--codebook",
+            "4",
+            "--out",
+            str(out),
+            *extra,
+        ],
+    )
 
 
 def test_sid_fit_writes_codes_and_diagnostics(saved_dataset, tmp_path):

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from recstack.train import Trainer, TrainConfig, save_weights, seed_everything
+from recstack.train import TrainConfig, Trainer, save_weights, seed_everything
 
 
 class Regressor(nn.Module):
@@ -40,8 +40,16 @@ def main(out: Path) -> None:
     val_x, val_y = x[:64], y[:64]
     seed_everything(0)
     model = Regressor()
-    config = TrainConfig(epochs=4, batch_size=32, lr=0.03, progress=True, monitor="neg_mse", patience=0,
-                         checkpoint_dir=str(out / "ckpt"), log_every=2)
+    config = TrainConfig(
+        epochs=4,
+        batch_size=32,
+        lr=0.03,
+        progress=True,
+        monitor="neg_mse",
+        patience=0,
+        checkpoint_dir=str(out / "ckpt"),
+        log_every=2,
+    )
     evaluate = lambda m: {"neg_mse": -float(((m(val_x) - val_y) ** 2).mean())}  # noqa: E731
     result = Trainer(model, config, {"x": x, "y": y}, evaluate=evaluate).fit()
     rank = int(os.environ.get("RANK", "0"))

@@ -29,8 +29,13 @@ def torchrun() -> list[str]:
 def test_two_processes_train_in_lockstep(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
-    proc = subprocess.run([*torchrun(), "--standalone", "--nproc_per_node=2", str(SCRIPT), str(tmp_path)],
-                          env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [*torchrun(), "--standalone", "--nproc_per_node=2", str(SCRIPT), str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     rank0, rank1 = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")

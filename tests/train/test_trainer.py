@@ -13,8 +13,17 @@ from torch import nn
 import recstack.train.checkpoint as checkpoint
 from recstack.config import from_dict
 from recstack.errors import ConfigError, DataError
-from recstack.train import (CallableBatchSource, TensorBatchSource, TrainConfig, Trainer, WarmupCosine, atomic_dir,
-                            load_weights, save_weights, seed_everything)
+from recstack.train import (
+    CallableBatchSource,
+    TensorBatchSource,
+    TrainConfig,
+    Trainer,
+    WarmupCosine,
+    atomic_dir,
+    load_weights,
+    save_weights,
+    seed_everything,
+)
 
 TRUE_W = torch.tensor([1.0, -2.0, 3.0, 0.5])
 
@@ -46,6 +55,7 @@ def toy_data(n: int = 128, seed: int = 0) -> dict[str, torch.Tensor]:
 def neg_mse(data: dict[str, torch.Tensor]):
     def evaluate(model: nn.Module) -> dict[str, float]:
         return {"neg_mse": -float(((model(data["x"]) - data["y"]) ** 2).mean())}
+
     return evaluate
 
 
@@ -116,7 +126,8 @@ def test_grad_clip_bounds_the_norm(clip):
     norms: list[float] = []
     params_ = [p for g in trainer.optimizer.param_groups for p in g["params"]]
     trainer.optimizer.register_step_pre_hook(
-        lambda *_: norms.append(float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params_])))))
+        lambda *_: norms.append(float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params_]))))
+    )
     trainer.fit()
     if clip:
         assert max(norms) <= clip * (1 + 1e-5)
@@ -142,8 +153,9 @@ def test_early_stopping_restores_best_weights():
 
 def test_eval_every_and_missing_monitor():
     calls = []
-    result = make_trainer(config(epochs=5, eval_every=2),
-                          evaluate=lambda m: calls.append(1) or {"neg_mse": float(len(calls))}).fit()
+    result = make_trainer(
+        config(epochs=5, eval_every=2), evaluate=lambda m: calls.append(1) or {"neg_mse": float(len(calls))}
+    ).fit()
     assert [bool(h["metrics"]) for h in result.history] == [False, True, False, True, True]  # + the last epoch
     with pytest.raises(ConfigError, match="recall@10"):
         make_trainer(config(monitor="recall@10"), evaluate=lambda m: {"ndcg@10": 1.0}).fit()
@@ -201,8 +213,12 @@ def test_checkpoint_layout(tmp_path):
     make_trainer(config(epochs=2, checkpoint_dir=str(tmp_path)), evaluate=neg_mse(toy_data(32, 1))).fit()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "last"]  # no temp folders left
     last = tmp_path / "last"
-    assert sorted(p.name for p in last.iterdir()) == ["model.safetensors", "optimizer.safetensors",
-                                                       "rng.safetensors", "state.json"]
+    assert sorted(p.name for p in last.iterdir()) == [
+        "model.safetensors",
+        "optimizer.safetensors",
+        "rng.safetensors",
+        "state.json",
+    ]
     with safe_open(str(last / "optimizer.safetensors"), "pt") as f:
         assert {"state.0.exp_avg", "state.0.exp_avg_sq", "state.0.step"} <= set(f.keys())
     with safe_open(str(last / "rng.safetensors"), "pt") as f:
@@ -279,8 +295,9 @@ def test_tensor_batch_source_shards_and_order():
     assert sorted(torch.cat(rows).tolist()) == list(range(20))  # disjoint, complete
     again = torch.cat([b["i"] for b in source.batches(0, 0, 2)])
     assert torch.equal(rows[0], again)
-    assert not torch.equal(torch.cat([b["i"] for b in source.batches(1, 0, 1)]),
-                           torch.cat([b["i"] for b in source.batches(0, 0, 1)]))
+    assert not torch.equal(
+        torch.cat([b["i"] for b in source.batches(1, 0, 1)]), torch.cat([b["i"] for b in source.batches(0, 0, 1)])
+    )
     uneven = CallableBatchSource(5, lambda r: r, batch_size=2, shuffle=False)
     assert [len(torch.cat(list(uneven.batches(0, r, 2)))) for r in range(2)] == [3, 3]
     assert CallableBatchSource(5, lambda r: r, 2, drop_last=True).num_batches(0, 0, 2) == 1

@@ -7,8 +7,10 @@ import pytest
 from recstack.errors import ConfigError
 from recstack.world.benchmark_data import BenchmarkWorldConfig, benchmark_world
 
-TINY = {"name": "tiny-world", "world": {"num_users": 60, "num_items": 80, "num_topics": 4, "num_interactions": 3000,
-                                        "chunk_size": 1000}}
+TINY = {
+    "name": "tiny-world",
+    "world": {"num_users": 60, "num_items": 80, "num_topics": 4, "num_interactions": 3000, "chunk_size": 1000},
+}
 
 
 def test_generated_once_then_loaded_from_the_cache(tmp_path):

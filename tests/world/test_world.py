@@ -55,8 +55,9 @@ def test_funnel_is_nested_and_rates_fall(logs):
     rates = {t: inter[t].cast(pl.Float64).mean() for t in TASKS}
     assert rates["click"] > max(rates["like"], rates["long_view"]) > 0
     assert min(rates["like"], rates["long_view"]) > rates["purchase"] > 0
-    deepest = np.select([purchase == 1, like == 1, long_view == 1, click == 1],
-                        ["purchase", "like", "long_view", "click"], "impression")
+    deepest = np.select(
+        [purchase == 1, like == 1, long_view == 1, click == 1], ["purchase", "like", "long_view", "click"], "impression"
+    )
     assert (inter["event"].to_numpy() == deepest).all()
 
 
@@ -77,8 +78,9 @@ def test_expected_engagement_matches_sampled_rates(world):
     users = np.array([0, 5, 17, 42])
     pages = world.oracle_pages(users, scenario="mall", time=world.start_time)  # rates high enough to test
     repeats = 20_000
-    sampled = world.feedback(np.repeat(users, repeats), np.repeat(pages, repeats, axis=0), "mall",
-                             world.start_time, rng)
+    sampled = world.feedback(
+        np.repeat(users, repeats), np.repeat(pages, repeats, axis=0), "mall", world.start_time, rng
+    )
     expected = world.expected_engagement(users, pages, "mall", world.start_time)
     for task in TASKS:
         empirical = sampled[task].reshape(len(users), repeats, -1).mean(axis=1)
@@ -90,8 +92,9 @@ def test_personalised_pages_beat_random_and_logged_pages(world):
     rng = np.random.default_rng(2)
     users = rng.integers(world.num_users, size=300)
     oracle = world.page_value(users, world.oracle_pages(users))
-    logged = world.page_value(users, world.logging_policy(users, np.zeros(300, dtype=np.int64),
-                                                          np.full(300, world.end_time), rng))
+    logged = world.page_value(
+        users, world.logging_policy(users, np.zeros(300, dtype=np.int64), np.full(300, world.end_time), rng)
+    )
     random = world.page_value(users, world.random_pages(300, rng))
     assert oracle.mean() > logged.mean() > 1.2 * random.mean()
     assert np.all(oracle >= world.page_value(users, world.oracle_pages(users)[:, ::-1]) - 1e-6)
@@ -121,8 +124,13 @@ def test_sequences_are_positive_ordered_and_predictable():
     raw = world.generate_sequences().validate()
     frame = raw.interactions
     assert raw.labels == ["view"] and (frame["view"] == 1).all()
-    assert frame.group_by("user").agg((pl.col("timestamp").diff().drop_nulls() > 0).all().alias("ok"),
-                                      pl.col("item").n_unique() == pl.len())["ok"].all()
+    assert (
+        frame.group_by("user")
+        .agg((pl.col("timestamp").diff().drop_nulls() > 0).all().alias("ok"), pl.col("item").n_unique() == pl.len())[
+            "ok"
+        ]
+        .all()
+    )
     users, items = world.user_ids(frame["user"]), world.item_ids(frame["item"])
     is_last = np.r_[users[1:] != users[:-1], True]
     target, previous = items[is_last], items[np.nonzero(is_last)[0] - 1]
@@ -156,18 +164,21 @@ def test_id_helpers_round_trip(world):
         world.expected_engagement(np.array([0]), np.array([[0, 1]]), "cinema", world.start_time)
 
 
-@pytest.mark.parametrize("changes, key", [
-    ({"num_items": 5, "page_size": 10}, "num_items"),
-    ({"num_users": -1}, "num_users"),
-    ({"num_interactions": 0}, "num_interactions"),
-    ({"chunk_size": -5}, "chunk_size"),
-    ({"focus_weight": 1.5}, "focus_weight"),
-    ({"scenarios": ["a", "a"]}, "scenarios"),
-    ({"scenario_weights": [1.0]}, "scenario_weights"),
-    ({"price_min": 10.0, "price_max": 5.0}, "price_max"),
-    ({"policy": {"random_pool": 0}}, "policy.random_pool"),
-    ({"colour": "red"}, "colour"),
-])
+@pytest.mark.parametrize(
+    "changes, key",
+    [
+        ({"num_items": 5, "page_size": 10}, "num_items"),
+        ({"num_users": -1}, "num_users"),
+        ({"num_interactions": 0}, "num_interactions"),
+        ({"chunk_size": -5}, "chunk_size"),
+        ({"focus_weight": 1.5}, "focus_weight"),
+        ({"scenarios": ["a", "a"]}, "scenarios"),
+        ({"scenario_weights": [1.0]}, "scenario_weights"),
+        ({"price_min": 10.0, "price_max": 5.0}, "price_max"),
+        ({"policy": {"random_pool": 0}}, "policy.random_pool"),
+        ({"colour": "red"}, "colour"),
+    ],
+)
 def test_bad_config_names_the_key(changes, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         World({**SMALL, **changes})

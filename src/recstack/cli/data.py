@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -43,8 +42,9 @@ def fetch_command(name: str) -> None:
     console.print(f"{name}: raw files in {path}")
 
 
-def prepare_dataset(name: str, path: Optional[Path] = None, config: dict | None = None,
-                    output: str | None = None) -> Dataset:
+def prepare_dataset(
+    name: str, path: Path | None = None, config: dict | None = None, output: str | None = None
+) -> Dataset:
     """Load raw tables by catalogue name (from `path` if given), prepare and save them."""
     raw = catalog.load_raw(name, path)
     prepare_config = from_dict(PrepareConfig, {**catalog.default_prepare(name), **(config or {})}, "prepare")
@@ -57,17 +57,18 @@ def prepare_dataset(name: str, path: Optional[Path] = None, config: dict | None 
 @friendly_errors
 def prepare_command(
     name: str = typer.Argument(..., help="catalogue name (see `recstack data list`), or 'generic'"),
-    path: Optional[Path] = typer.Option(None, "--path", help="folder (or YAML mapping for 'generic') with the raw files"),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML with PrepareConfig keys"),
-    output: Optional[str] = typer.Option(None, "--name", help="name to store the prepared dataset under"),
+    path: Path | None = typer.Option(None, "--path", help="folder (or YAML mapping for 'generic') with the raw files"),
+    config: Path | None = typer.Option(None, "--config", help="YAML with PrepareConfig keys"),
+    output: str | None = typer.Option(None, "--name", help="name to store the prepared dataset under"),
 ) -> None:
     """Read raw files, filter, remap ids, split, and store Parquet tables under RECSTACK_HOME."""
     options = load_yaml(config) if config else None
     with console.status(f"preparing {name}"):
         dataset = prepare_dataset(name, path, options, output)
     for step in dataset.meta.get("report", []):
-        console.print(f"  removed {step['rows_removed']:,} of {step['rows_before']:,} rows at {step['step']}: "
-                      f"{step['reason']}")
+        console.print(
+            f"  removed {step['rows_removed']:,} of {step['rows_before']:,} rows at {step['step']}: {step['reason']}"
+        )
     print_description(dataset)
 
 
@@ -89,10 +90,11 @@ def print_description(dataset: Dataset) -> None:
     table.add_row("density", f"{stats['density']:.5f}")
     seq = stats["sequence_length"]
     table.add_row("sequence length mean", f"{seq['mean']:.1f}")
-    table.add_row("sequence length min/p25/p50/p75/p90/p99/max",
-                  " / ".join(f"{seq[k]:g}" for k in ("p0", "p25", "p50", "p75", "p90", "p99", "p100")))
-    table.add_row(f"split ({stats['split_method']})",
-                  " / ".join(f"{k} {v:,}" for k, v in stats["split"].items()))
+    table.add_row(
+        "sequence length min/p25/p50/p75/p90/p99/max",
+        " / ".join(f"{seq[k]:g}" for k in ("p0", "p25", "p50", "p75", "p90", "p99", "p100")),
+    )
+    table.add_row(f"split ({stats['split_method']})", " / ".join(f"{k} {v:,}" for k, v in stats["split"].items()))
     for label, rate in stats["label_rates"].items():
         table.add_row(f"label rate: {label}", f"{rate:.4f}")
     for column in ("scenario", "event"):

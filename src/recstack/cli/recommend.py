@@ -42,8 +42,10 @@ def recommend_command(
     for column in ("rank", "item", "title", "score", "channels"):
         table.add_column(column, justify="right" if column in ("rank", "score") else "left")
     if match.height == 0:
-        console.print(f"[yellow]notice:[/] user {user!r} is not in {dataset.name}; showing the cold-start page "
-                      "(most popular items in the training data)")
+        console.print(
+            f"[yellow]notice:[/] user {user!r} is not in {dataset.name}; showing the cold-start page "
+            "(most popular items in the training data)"
+        )
         scores, items = torch.topk(view.item_popularity("train")[1:], min(k, dataset.num_items))
         items = (items + 1).tolist()
         for rank, (item, title) in enumerate(zip(items, _titles(dataset, items)), 1):
@@ -56,6 +58,7 @@ def recommend_command(
     for rank, (item, title) in enumerate(zip(items, _titles(dataset, items)), 1):
         mask = int(page.channels[0, rank - 1]) if page.channels is not None else 0
         tags = [n for c, n in enumerate(page.channel_names) if mask >> c & 1]
-        table.add_row(str(rank), str(raw_items[item - 1]), title, f"{float(page.scores[0, rank - 1]):.4f}",
-                      ", ".join(tags))
+        table.add_row(
+            str(rank), str(raw_items[item - 1]), title, f"{float(page.scores[0, rank - 1]):.4f}", ", ".join(tags)
+        )
     console.print(table)

@@ -11,7 +11,7 @@ import platform
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 import yaml
@@ -83,28 +83,40 @@ def execute(config: RunConfig, runs_dir: Path, fresh: bool = False) -> dict[str,
     for split in config.eval.splits:
         console.print(f"[cyan]•[/] evaluating on {split}")
         metrics[split] = cascade.evaluate(dataset, split)
-        metrics[split]["baseline_popular"] = evaluate_retriever(baseline, cascade.retrieval_view(dataset), split,
-                                                                ks=config.eval.page_ks)
+        metrics[split]["baseline_popular"] = evaluate_retriever(
+            baseline, cascade.retrieval_view(dataset), split, ks=config.eval.page_ks
+        )
     flat = flatten(metrics)
     expectations = check_expectations(config, flat)
-    result = {"name": config.name, "dataset": dataset.name, "finished": datetime.now(timezone.utc).isoformat(),
-              "machine": f"{platform.machine()} {platform.processor() or ''} ({__import__('os').cpu_count()} cpus)",
-              "fit_seconds": round(fit_seconds, 1), "train_seconds": {k: round(v, 1) for k, v in
-                                                                    cascade.train_seconds.items()},
-              "page_tuning": cascade.page_tuning, "metrics": metrics, "expect": expectations}
+    result = {
+        "name": config.name,
+        "dataset": dataset.name,
+        "finished": datetime.now(timezone.utc).isoformat(),
+        "machine": f"{platform.machine()} {platform.processor() or ''} ({__import__('os').cpu_count()} cpus)",
+        "fit_seconds": round(fit_seconds, 1),
+        "train_seconds": {k: round(v, 1) for k, v in cascade.train_seconds.items()},
+        "page_tuning": cascade.page_tuning,
+        "metrics": metrics,
+        "expect": expectations,
+    }
     tmp = run_dir / "metrics.json.tmp"
     tmp.write_text(json.dumps(result, indent=2))
     tmp.replace(run_dir / "metrics.json")
 
     from recstack.eval.report import write_report
 
-    histories = {alias: _history(component) for alias, component in
-                 list(cascade.channels.items()) + [("ranker", cascade.ranker)]}
-    summary = {"dataset": f"{dataset.name} ({dataset.num_users:,} users, {dataset.num_items:,} items, "
-                          f"{dataset.interactions.height:,} interactions, split {dataset.meta.get('split')})",
-               "channels": ", ".join(f"{a} ({c['name']})" for a, c in config.channels.items()),
-               "ranker": (config.ranker or {}).get("name", "none"), "fit time": f"{fit_seconds:.1f} s",
-               "date": result["finished"], "machine": result["machine"]}
+    histories = {
+        alias: _history(component) for alias, component in list(cascade.channels.items()) + [("ranker", cascade.ranker)]
+    }
+    summary = {
+        "dataset": f"{dataset.name} ({dataset.num_users:,} users, {dataset.num_items:,} items, "
+        f"{dataset.interactions.height:,} interactions, split {dataset.meta.get('split')})",
+        "channels": ", ".join(f"{a} ({c['name']})" for a, c in config.channels.items()),
+        "ranker": (config.ranker or {}).get("name", "none"),
+        "fit time": f"{fit_seconds:.1f} s",
+        "date": result["finished"],
+        "machine": result["machine"],
+    }
     md, html_path = write_report(run_dir, f"recstack run {config.name}", summary, metrics, histories)
     _print_summary(config, metrics, expectations)
     console.print(f"report: {html_path}  (and {md.name}); metrics: {run_dir / 'metrics.json'}")
@@ -119,8 +131,10 @@ def _history(component: Any) -> list[dict]:
 
 def _print_summary(config: RunConfig, metrics: dict[str, Any], expectations: list[dict]) -> None:
     for split, values in metrics.items():
-        rows = {"page (ranked)": values["page"],
-                "popularity baseline": {k: v for k, v in values["baseline_popular"].items() if k in values["page"]}}
+        rows = {
+            "page (ranked)": values["page"],
+            "popularity baseline": {k: v for k, v in values["baseline_popular"].items() if k in values["page"]},
+        }
         console.print(metrics_table(f"{config.name}: {split} (leave-one-out, full ranking)", rows))
         retrieval = values["retrieval"]
         ks = [key for key in retrieval if key.startswith("recall@")]
@@ -135,7 +149,7 @@ def _print_summary(config: RunConfig, metrics: dict[str, Any], expectations: lis
 
 
 def run_command(
-    config: Optional[Path] = typer.Argument(None, help="experiment YAML (default: the ML-100K cascade)"),
+    config: Path | None = typer.Argument(None, help="experiment YAML (default: the ML-100K cascade)"),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="where run folders go"),
     fresh: bool = typer.Option(False, "--fresh", help="ignore checkpoints of an earlier run with the same name"),
 ) -> None:

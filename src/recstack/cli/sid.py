@@ -14,7 +14,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import polars as pl
 import torch
@@ -32,8 +32,11 @@ from recstack.semantic_ids import SemanticIds
 from recstack.semantic_ids.encoders import encode_items
 from recstack.train.checkpoint import atomic_dir
 
-app = typer.Typer(no_args_is_help=True, add_completion=False,
-                  help="Semantic IDs: encode items, quantize them into code tuples, inspect the codes.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Semantic IDs: encode items, quantize them into code tuples, inspect the codes.",
+)
 
 
 def quantizer_spec(name: str, options: dict[str, Any], levels: int | None, codebook: int | None) -> dict[str, Any]:
@@ -65,19 +68,47 @@ def _section(options: dict[str, Any], key: str, name: str) -> dict[str, Any]:
 
 def diagnostics_rows(diag: dict[str, Any]) -> tuple[list[list[str]], list[tuple[str, str]]]:
     """(per-level rows, summary rows) of SemanticIds.diagnostics()."""
-    levels = [[str(i + 1), str(lv["codebook_size"]), str(lv["used"]), f"{lv['utilisation']:.3f}",
-               f"{lv['entropy_normalised']:.3f}"] for i, lv in enumerate(diag.get("levels", []))]
-    summary = [(key, f"{diag[key]:.4f}" if isinstance(diag[key], float) else str(diag[key]))
-               for key in ("items", "unique_tuples", "collision_rate", "max_items_per_tuple", "mean_items_per_tuple",
-                           "dedup_level_size", "reconstruction_rmse", "relative_rmse") if key in diag]
+    levels = [
+        [
+            str(i + 1),
+            str(lv["codebook_size"]),
+            str(lv["used"]),
+            f"{lv['utilisation']:.3f}",
+            f"{lv['entropy_normalised']:.3f}",
+        ]
+        for i, lv in enumerate(diag.get("levels", []))
+    ]
+    summary = [
+        (key, f"{diag[key]:.4f}" if isinstance(diag[key], float) else str(diag[key]))
+        for key in (
+            "items",
+            "unique_tuples",
+            "collision_rate",
+            "max_items_per_tuple",
+            "mean_items_per_tuple",
+            "dedup_level_size",
+            "reconstruction_rmse",
+            "relative_rmse",
+        )
+        if key in diag
+    ]
     return levels, summary
 
 
 def diagnostics_markdown(title: str, diag: dict[str, Any], facts: dict[str, str]) -> str:
     levels, summary = diagnostics_rows(diag)
-    lines = [f"# {title}", "", "| level | codebook | used | utilisation | entropy (normalised) |",
-             "|---|---|---|---|---|", *["| " + " | ".join(row) + " |" for row in levels], "",
-             "| what | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in [*summary, *facts.items()]], ""]
+    lines = [
+        f"# {title}",
+        "",
+        "| level | codebook | used | utilisation | entropy (normalised) |",
+        "|---|---|---|---|---|",
+        *["| " + " | ".join(row) + " |" for row in levels],
+        "",
+        "| what | value |",
+        "|---|---|",
+        *[f"| {k} | {v} |" for k, v in [*summary, *facts.items()]],
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -86,12 +117,14 @@ def _encoder_facts(stats: dict[str, Any], seconds: dict[str, float]) -> dict[str
     facts["embedding cache"] = str(stats.get("cache", "-"))
     pairs = stats.get("pairs")
     if isinstance(pairs, dict):
-        facts["Swing pairs (kept / above threshold / entries)"] = \
+        facts["Swing pairs (kept / above threshold / entries)"] = (
             f"{pairs['pairs']} / {pairs['above_threshold']} / {pairs['swing_entries']}"
+        )
     align = stats.get("alignment")
     if isinstance(align, dict):
-        facts["pair recall@10 before -> after alignment"] = \
+        facts["pair recall@10 before -> after alignment"] = (
             f"{align['pair_recall@10_before']:.3f} -> {align['pair_recall@10_after']:.3f}"
+        )
     return facts
 
 
@@ -101,11 +134,12 @@ def fit_command(
     dataset: str = typer.Option(..., "--dataset", help="prepared dataset name or folder"),
     encoder: str = typer.Option("text", "--encoder", help="item encoder: text, collab, fused, aligned"),
     quantizer: str = typer.Option("rq_kmeans", "--quantizer", help="rq_kmeans, res_kmeans_fsq, rq_vae, rq_gmm"),
-    levels: Optional[int] = typer.Option(None, "--levels", help="code levels (quantizer default when absent)"),
-    codebook: Optional[int] = typer.Option(None, "--codebook", help="codebook size per level"),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML with 'encoder:' / 'quantizer:' options"),
-    out: Optional[Path] = typer.Option(None, "--out",
-                                       help="run folder (default runs/sid/<dataset>-<encoder>-<quantizer>)"),
+    levels: int | None = typer.Option(None, "--levels", help="code levels (quantizer default when absent)"),
+    codebook: int | None = typer.Option(None, "--codebook", help="codebook size per level"),
+    config: Path | None = typer.Option(None, "--config", help="YAML with 'encoder:' / 'quantizer:' options"),
+    out: Path | None = typer.Option(
+        None, "--out", help="run folder (default runs/sid/<dataset>-<encoder>-<quantizer>)"
+    ),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="reuse embeddings cached under RECSTACK_HOME"),
 ) -> None:
     """Encode every item, fit the quantizer, write codes + diagnostics into a run folder."""
@@ -130,9 +164,16 @@ def fit_command(
     diag = sids.diagnostics(embeddings)
     facts = _encoder_facts(item_encoder.stats, seconds)
     title = f"semantic IDs: {data.name}, {encoder} encoder, {quantizer}"
-    run = {"dataset": data.name, "dataset_ref": dataset, "encoder": {**_section(options, "encoder", encoder), "name": encoder},
-           "encoder_model": item_encoder.model_id(), "quantizer": spec, "seconds": seconds,
-           "encoder_stats": item_encoder.stats, "diagnostics": diag}
+    run = {
+        "dataset": data.name,
+        "dataset_ref": dataset,
+        "encoder": {**_section(options, "encoder", encoder), "name": encoder},
+        "encoder_model": item_encoder.model_id(),
+        "quantizer": spec,
+        "seconds": seconds,
+        "encoder_stats": item_encoder.stats,
+        "diagnostics": diag,
+    }
     with atomic_dir(out) as tmp:
         sids.save(tmp / "sid")
         save_file({"embeddings": embeddings.contiguous()}, str(tmp / "embeddings.safetensors"))
@@ -209,6 +250,12 @@ def show_command(
     for column in ("item", "raw id", "codes", "shared", "cosine", label):
         table.add_column(column, justify="right" if column in ("item", "shared", "cosine") else "left")
     for other in order.tolist():
-        table.add_row(str(other), str(raw_ids[other - 1]), str(sids.codes[other].tolist()), str(int(shared[other])),
-                      f"{float(cosine[other]):.3f}", titles[other - 1][:80])
+        table.add_row(
+            str(other),
+            str(raw_ids[other - 1]),
+            str(sids.codes[other].tolist()),
+            str(int(shared[other])),
+            f"{float(cosine[other]):.3f}",
+            titles[other - 1][:80],
+        )
     console.print(table if len(order) else "  no other item shares even the first code")

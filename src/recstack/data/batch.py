@@ -30,7 +30,7 @@ class UserBatch:
     def __len__(self) -> int:
         return self.users.numel()
 
-    def select(self, rows: torch.Tensor) -> "UserBatch":
+    def select(self, rows: torch.Tensor) -> UserBatch:
         """Sub-batch of rows, vectorised."""
         rows = torch.as_tensor(rows, dtype=torch.long)
         history = self.history.select(rows)
@@ -39,7 +39,9 @@ class UserBatch:
             index = Jagged(torch.arange(self.history.values.shape[0]), self.history.offsets).select(rows).values
             features = {k: v[index] for k, v in self.history_features.items()}
         return UserBatch(
-            users=self.users[rows], history=history, history_features=features,
+            users=self.users[rows],
+            history=history,
+            history_features=features,
             time=None if self.time is None else self.time[rows],
             scenario=None if self.scenario is None else self.scenario[rows],
         )
@@ -63,7 +65,7 @@ class Candidates:
     channel_scores: torch.Tensor | None = None
 
     @staticmethod
-    def from_topk(items: torch.Tensor, scores: torch.Tensor, channel: str) -> "Candidates":
+    def from_topk(items: torch.Tensor, scores: torch.Tensor, channel: str) -> Candidates:
         return Candidates(items, scores, torch.where(items > 0, 1, 0).long(), [channel])
 
     @property

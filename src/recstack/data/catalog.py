@@ -60,64 +60,115 @@ class DatasetInfo:
 
 
 _GROUPLENS = "https://files.grouplens.org/datasets/movielens"
-_ML100K_FILES = {"u.data": "06416e597f82b7342361e41163890c81036900f418ad91315590814211dca490",
-                 "u.item": "553841ebc7de3a0fd0d6b62a204ea30c1e651aacfb2814c7a6584ac52f2c5701",
-                 "u.user": "f120e114da2e8cf314fd28f99417c94ae9ddf1cb6db8ce0e4b5995d40e90e62c",
-                 "u.genre": "", "README": ""}
-_RECBOLE_ML100K = {"ml-100k.inter": "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff",
-                   "ml-100k.item": "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532",
-                   "ml-100k.user": "4f670007d9cfbeb9807e757209af1555b9bcc186bde25e767f67cb67c6dd5972"}
-_ML1M_FILES = {"movies.dat": "0140fc2356357c1a851d0f52e893a1e4d3696df632c4141cea8d5bc3d621f0b9",
-               "users.dat": "1dc3a95300cb19f7c10e027daf29b8cdf1d908dab65b5edfb45950aa389a10a3",
-               "ratings.dat": "", "README": ""}
-_ML_LATEST_SMALL_FILES = {"ratings.csv": "aa289ca83157595d0df6aea1be6a4ded676ddc4385472e8313a8ed9805352646",
-                          "movies.csv": "5a5f32dd9bb3797b8e728a1b98958789d2b13f294a69fdfbc5727f8a9611aa07",
-                          "README.txt": ""}
+_ML100K_FILES = {
+    "u.data": "06416e597f82b7342361e41163890c81036900f418ad91315590814211dca490",
+    "u.item": "553841ebc7de3a0fd0d6b62a204ea30c1e651aacfb2814c7a6584ac52f2c5701",
+    "u.user": "f120e114da2e8cf314fd28f99417c94ae9ddf1cb6db8ce0e4b5995d40e90e62c",
+    "u.genre": "",
+    "README": "",
+}
+_RECBOLE_ML100K = {
+    "ml-100k.inter": "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff",
+    "ml-100k.item": "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532",
+    "ml-100k.user": "4f670007d9cfbeb9807e757209af1555b9bcc186bde25e767f67cb67c6dd5972",
+}
+_ML1M_FILES = {
+    "movies.dat": "0140fc2356357c1a851d0f52e893a1e4d3696df632c4141cea8d5bc3d621f0b9",
+    "users.dat": "1dc3a95300cb19f7c10e027daf29b8cdf1d908dab65b5edfb45950aa389a10a3",
+    "ratings.dat": "",
+    "README": "",
+}
+_ML_LATEST_SMALL_FILES = {
+    "ratings.csv": "aa289ca83157595d0df6aea1be6a4ded676ddc4385472e8313a8ed9805352646",
+    "movies.csv": "5a5f32dd9bb3797b8e728a1b98958789d2b13f294a69fdfbc5727f8a9611aa07",
+    "README.txt": "",
+}
 _SCI, _IND = "Scientific", "Industrial_and_Scientific"
 
-DATASETS: dict[str, DatasetInfo] = {info.name: info for info in [
-    DatasetInfo("ml-100k", "movielens", "MovieLens 100K: 943 users, 1,682 movies, 100,000 ratings (1-5), "
-                "titles and genres, user demographics", (("u.data", "u.item", "u.user"),
-                                                         tuple(_RECBOLE_ML100K)),
-                downloads=(ZipDownload(f"{_GROUPLENS}/ml-100k.zip", "ml-100k/", _ML100K_FILES, timeout=5.0),
-                           WheelDownload("recbole", "1.2.1", "recbole/dataset_example/ml-100k/", _RECBOLE_ML100K)),
-                obtain=f"{_GROUPLENS}/ml-100k.zip (unzip; research use only, see its README)"),
-    DatasetInfo("ml-1m", "movielens", "MovieLens 1M: 6,040 users, 3,706 rated movies, 1,000,209 ratings",
-                (("ratings.dat", "movies.dat", "users.dat"), ("user_sequence.txt", "movies.dat", "users.dat")),
-                downloads=(ZipDownload(f"{_GROUPLENS}/ml-1m.zip", "ml-1m/", _ML1M_FILES),),
-                obtain=f"{_GROUPLENS}/ml-1m.zip (unzip)"),
-    DatasetInfo("ml-latest-small", "movielens", "MovieLens latest-small: 610 users, 9,742 movies, 100,836 "
-                "ratings (0.5-5)", (("ratings.csv", "movies.csv"),), optional_files=("README.txt",),
-                downloads=(ZipDownload(f"{_GROUPLENS}/ml-latest-small.zip", "ml-latest-small/",
-                                       _ML_LATEST_SMALL_FILES),),
-                obtain=f"{_GROUPLENS}/ml-latest-small.zip (unzip)"),
-    DatasetInfo("amazon-beauty", "amazon", "Amazon 2014 Beauty 5-core, P5 sequences: 22,363 users, 12,101 items, "
-                "198,502 interactions, order only", (("user_sequence.txt",),), optional_files=("items.jsonl",),
-                obtain="user_sequence.txt from GitHub agiresearch/OpenP5 data/Beauty/ (or skleee/GRAM "
-                "rec_datasets/Beauty/); items.jsonl: one JSON per line with asin, title, categories"),
-    DatasetInfo("amazon-scientific", "recbole", "Amazon 2018 Industrial_and_Scientific as prepared by UniSRec: "
-                "8,442 users, 4,385 items, 59,427 interactions, given leave-one-out split, item text",
-                ((f"{_SCI}.train.inter", f"{_SCI}.valid.inter", f"{_SCI}.test.inter", f"{_SCI}.item2index"),),
-                optional_files=(f"{_SCI}.text", f"{_SCI}.user2index"), source_options={"name": _SCI},
-                obtain="the UniSRec downstream dataset 'Scientific' (RecBole atomic files), e.g. GitHub "
-                "ysh-1998/CoWPiRec dataset/Scientific/"),
-    DatasetInfo("amazon-industrial", "minionerec", "Amazon 2018 Industrial_and_Scientific as prepared by "
-                "MiniOneRec: valid/test next-item samples, item text, reference semantic IDs",
-                ((f"{_IND}.item.json", f"{_IND}.valid.csv", f"{_IND}.test.csv"),),
-                optional_files=(f"{_IND}.index.json", f"{_IND}.train.csv"),
-                obtain="GitHub AkaliKong/MiniOneRec data/Amazon/{index,valid,test}/ (Industrial_and_Scientific.*)"),
-    DatasetInfo("kuairand-pure", "kuairand", "KuaiRand-Pure: Kuaishou logs with 8 feedback signals, tab as "
-                "scenario, random-exposure flag", (("log_standard_4_08_to_4_21_pure.csv",
-                                                   "log_standard_4_22_to_5_08_pure.csv"),),
-                optional_files=("user_features_pure.csv", "video_features_basic_pure.csv"),
-                obtain="KuaiRand-Pure from https://kuairand.com (unpack; the data/ folder is accepted)"),
-    DatasetInfo("kuairec", "kuairec", "KuaiRec 2.0: Kuaishou watch ratios (big matrix), like = watch_ratio >= 2",
-                (("big_matrix.csv",), ("small_matrix.csv",)), optional_files=("item_categories.csv",
-                                                                              "user_features.csv"),
-                obtain="KuaiRec from https://kuairec.com (unpack; the data/ folder is accepted)"),
-    DatasetInfo("generic", "generic", "any CSV/Parquet log described by a YAML column mapping "
-                "(load_raw('generic', 'mapping.yaml'))", ()),
-]}
+DATASETS: dict[str, DatasetInfo] = {
+    info.name: info
+    for info in [
+        DatasetInfo(
+            "ml-100k",
+            "movielens",
+            "MovieLens 100K: 943 users, 1,682 movies, 100,000 ratings (1-5), titles and genres, user demographics",
+            (("u.data", "u.item", "u.user"), tuple(_RECBOLE_ML100K)),
+            downloads=(
+                ZipDownload(f"{_GROUPLENS}/ml-100k.zip", "ml-100k/", _ML100K_FILES, timeout=5.0),
+                WheelDownload("recbole", "1.2.1", "recbole/dataset_example/ml-100k/", _RECBOLE_ML100K),
+            ),
+            obtain=f"{_GROUPLENS}/ml-100k.zip (unzip; research use only, see its README)",
+        ),
+        DatasetInfo(
+            "ml-1m",
+            "movielens",
+            "MovieLens 1M: 6,040 users, 3,706 rated movies, 1,000,209 ratings",
+            (("ratings.dat", "movies.dat", "users.dat"), ("user_sequence.txt", "movies.dat", "users.dat")),
+            downloads=(ZipDownload(f"{_GROUPLENS}/ml-1m.zip", "ml-1m/", _ML1M_FILES),),
+            obtain=f"{_GROUPLENS}/ml-1m.zip (unzip)",
+        ),
+        DatasetInfo(
+            "ml-latest-small",
+            "movielens",
+            "MovieLens latest-small: 610 users, 9,742 movies, 100,836 ratings (0.5-5)",
+            (("ratings.csv", "movies.csv"),),
+            optional_files=("README.txt",),
+            downloads=(ZipDownload(f"{_GROUPLENS}/ml-latest-small.zip", "ml-latest-small/", _ML_LATEST_SMALL_FILES),),
+            obtain=f"{_GROUPLENS}/ml-latest-small.zip (unzip)",
+        ),
+        DatasetInfo(
+            "amazon-beauty",
+            "amazon",
+            "Amazon 2014 Beauty 5-core, P5 sequences: 22,363 users, 12,101 items, 198,502 interactions, order only",
+            (("user_sequence.txt",),),
+            optional_files=("items.jsonl",),
+            obtain="user_sequence.txt from GitHub agiresearch/OpenP5 data/Beauty/ (or skleee/GRAM "
+            "rec_datasets/Beauty/); items.jsonl: one JSON per line with asin, title, categories",
+        ),
+        DatasetInfo(
+            "amazon-scientific",
+            "recbole",
+            "Amazon 2018 Industrial_and_Scientific as prepared by UniSRec: "
+            "8,442 users, 4,385 items, 59,427 interactions, given leave-one-out split, item text",
+            ((f"{_SCI}.train.inter", f"{_SCI}.valid.inter", f"{_SCI}.test.inter", f"{_SCI}.item2index"),),
+            optional_files=(f"{_SCI}.text", f"{_SCI}.user2index"),
+            source_options={"name": _SCI},
+            obtain="the UniSRec downstream dataset 'Scientific' (RecBole atomic files), e.g. GitHub "
+            "ysh-1998/CoWPiRec dataset/Scientific/",
+        ),
+        DatasetInfo(
+            "amazon-industrial",
+            "minionerec",
+            "Amazon 2018 Industrial_and_Scientific as prepared by "
+            "MiniOneRec: valid/test next-item samples, item text, reference semantic IDs",
+            ((f"{_IND}.item.json", f"{_IND}.valid.csv", f"{_IND}.test.csv"),),
+            optional_files=(f"{_IND}.index.json", f"{_IND}.train.csv"),
+            obtain="GitHub AkaliKong/MiniOneRec data/Amazon/{index,valid,test}/ (Industrial_and_Scientific.*)",
+        ),
+        DatasetInfo(
+            "kuairand-pure",
+            "kuairand",
+            "KuaiRand-Pure: Kuaishou logs with 8 feedback signals, tab as scenario, random-exposure flag",
+            (("log_standard_4_08_to_4_21_pure.csv", "log_standard_4_22_to_5_08_pure.csv"),),
+            optional_files=("user_features_pure.csv", "video_features_basic_pure.csv"),
+            obtain="KuaiRand-Pure from https://kuairand.com (unpack; the data/ folder is accepted)",
+        ),
+        DatasetInfo(
+            "kuairec",
+            "kuairec",
+            "KuaiRec 2.0: Kuaishou watch ratios (big matrix), like = watch_ratio >= 2",
+            (("big_matrix.csv",), ("small_matrix.csv",)),
+            optional_files=("item_categories.csv", "user_features.csv"),
+            obtain="KuaiRec from https://kuairec.com (unpack; the data/ folder is accepted)",
+        ),
+        DatasetInfo(
+            "generic",
+            "generic",
+            "any CSV/Parquet log described by a YAML column mapping (load_raw('generic', 'mapping.yaml'))",
+            (),
+        ),
+    ]
+}
 
 
 def list_datasets() -> list[DatasetInfo]:
@@ -159,9 +210,11 @@ def fetch(name: str) -> Path:
             return _usable(folder, info)  # type: ignore[return-value]
     sets = " or ".join(", ".join(files) for files in info.expected_files)
     tried = f" Download attempts failed: {' | '.join(failures)}." if failures else " It has no public download."
-    raise DataError(f"dataset {name!r} is not available.{tried} Place {sets}"
-                    + (f" (optional: {', '.join(info.optional_files)})" if info.optional_files else "")
-                    + f" in {folder}, or pass the folder to load_raw({name!r}, path). Source: {info.obtain}")
+    raise DataError(
+        f"dataset {name!r} is not available.{tried} Place {sets}"
+        + (f" (optional: {', '.join(info.optional_files)})" if info.optional_files else "")
+        + f" in {folder}, or pass the folder to load_raw({name!r}, path). Source: {info.obtain}"
+    )
 
 
 def load_raw(name: str, path: str | Path | None = None) -> RawTables:
@@ -193,8 +246,7 @@ def _download(download: ZipDownload | WheelDownload, folder: Path) -> None:
     checked = {k: v for k, v in download.sha256.items() if v}
     only = list(download.sha256) or None
     if isinstance(download, ZipDownload):
-        archive = fetch_url(download.url, downloads_dir() / download.url.rsplit("/", 1)[-1],
-                            timeout=download.timeout)
+        archive = fetch_url(download.url, downloads_dir() / download.url.rsplit("/", 1)[-1], timeout=download.timeout)
         try:
             extract_zip_members(archive, download.member_prefix, folder, checked, only)
         except DataError:

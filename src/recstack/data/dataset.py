@@ -63,8 +63,12 @@ class Dataset:
         out = []
         for name in self.labels:
             column = self.interactions[name] if name in self.interactions.columns else None
-            if column is not None and column.dtype.is_numeric() and not column.null_count() and \
-                    bool(column.cast(pl.Float64).is_in([0.0, 1.0]).all()):
+            if (
+                column is not None
+                and column.dtype.is_numeric()
+                and not column.null_count()
+                and bool(column.cast(pl.Float64).is_in([0.0, 1.0]).all())
+            ):
                 out.append(name)
         return out
 
@@ -74,7 +78,7 @@ class Dataset:
         labels = self.binary_labels()
         return bool(labels) and all(self.interactions[name].min() == 0 for name in labels)
 
-    def positives(self, label: str) -> "Dataset":
+    def positives(self, label: str) -> Dataset:
         """The same dataset restricted to rows with `label` == 1 (e.g. clicks of an impression log).
 
         Retrieval learns from and is judged on consumed items; impressions that were skipped are
@@ -106,12 +110,18 @@ class Dataset:
         frame = self.split_frame(split)
         users, first = np.unique(frame["user"].to_numpy(), return_index=True)
         counts = np.diff(np.append(first, frame.height))
-        targets = Jagged.from_lengths(torch.from_numpy(frame["item"].to_numpy().astype(np.int64)),
-                                      torch.from_numpy(counts))
+        targets = Jagged.from_lengths(
+            torch.from_numpy(frame["item"].to_numpy().astype(np.int64)), torch.from_numpy(counts)
+        )
         return torch.from_numpy(users.astype(np.int64)), targets
 
-    def user_batch(self, users: torch.Tensor, before: str | None = None,
-                   features: tuple[str, ...] = ("timestamp",), max_len: int | None = None) -> UserBatch:
+    def user_batch(
+        self,
+        users: torch.Tensor,
+        before: str | None = None,
+        features: tuple[str, ...] = ("timestamp",),
+        max_len: int | None = None,
+    ) -> UserBatch:
         """Histories of `users` (rows with split < `before`), oldest first, with per-event features.
 
         Build one batch for all users you need and take sub-batches with `UserBatch.select`:
@@ -120,15 +130,15 @@ class Dataset:
         frame = self.interactions
         if before is not None:
             frame = frame.filter(pl.col("split") < SPLIT_CODES[before])
-        positions = Jagged.from_sorted_keys(frame["user"].to_numpy(), torch.arange(frame.height),
-                                            self.num_users + 1)
+        positions = Jagged.from_sorted_keys(frame["user"].to_numpy(), torch.arange(frame.height), self.num_users + 1)
         rows = positions.select(torch.as_tensor(users, dtype=torch.long))
         if max_len is not None:
             rows = rows.last(max_len)
         idx = rows.values.numpy()
         history = Jagged(torch.from_numpy(frame["item"].to_numpy()[idx].astype(np.int64)), rows.offsets)
-        feats = {name: torch.from_numpy(frame[name].to_numpy()[idx].copy())
-                 for name in features if name in frame.columns}
+        feats = {
+            name: torch.from_numpy(frame[name].to_numpy()[idx].copy()) for name in features if name in frame.columns
+        }
         return UserBatch(users=torch.as_tensor(users, dtype=torch.long), history=history, history_features=feats)
 
     def item_popularity(self, split: str = "train") -> torch.Tensor:
@@ -163,7 +173,7 @@ class Dataset:
         return path
 
     @staticmethod
-    def load(name_or_path: str | Path) -> "Dataset":
+    def load(name_or_path: str | Path) -> Dataset:
         """Load a prepared dataset by name (under RECSTACK_HOME/datasets) or folder path."""
         path = Path(name_or_path)
         if not (path / "meta.json").is_file():

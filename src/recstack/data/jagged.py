@@ -27,19 +27,19 @@ class Jagged:
 
     # ---- construction -------------------------------------------------------------------------
     @staticmethod
-    def from_lengths(values: torch.Tensor, lengths: torch.Tensor) -> "Jagged":
+    def from_lengths(values: torch.Tensor, lengths: torch.Tensor) -> Jagged:
         offsets = torch.zeros(lengths.numel() + 1, dtype=torch.long)
         torch.cumsum(lengths.long(), 0, out=offsets[1:])
         return Jagged(values, offsets)
 
     @staticmethod
-    def from_lists(rows: list[list[int]], dtype: torch.dtype = torch.long) -> "Jagged":
+    def from_lists(rows: list[list[int]], dtype: torch.dtype = torch.long) -> Jagged:
         lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
         flat = [v for r in rows for v in r]
         return Jagged.from_lengths(torch.tensor(flat, dtype=dtype), lengths)
 
     @staticmethod
-    def from_sorted_keys(keys: np.ndarray | torch.Tensor, values: torch.Tensor, num_rows: int) -> "Jagged":
+    def from_sorted_keys(keys: np.ndarray | torch.Tensor, values: torch.Tensor, num_rows: int) -> Jagged:
         """Group `values` by row id `keys` (already sorted ascending) into `num_rows` rows."""
         keys = torch.as_tensor(np.asarray(keys, dtype=np.int64)) if isinstance(keys, np.ndarray) else keys.long()
         lengths = torch.bincount(keys, minlength=num_rows)
@@ -58,13 +58,13 @@ class Jagged:
         return torch.repeat_interleave(torch.arange(self.num_rows), self.lengths())
 
     def row(self, b: int) -> torch.Tensor:
-        return self.values[int(self.offsets[b]): int(self.offsets[b + 1])]
+        return self.values[int(self.offsets[b]) : int(self.offsets[b + 1])]
 
     def tolist(self) -> list[list]:
         return [self.row(b).tolist() for b in range(self.num_rows)]
 
     # ---- vectorised ops -----------------------------------------------------------------------
-    def select(self, rows: torch.Tensor) -> "Jagged":
+    def select(self, rows: torch.Tensor) -> Jagged:
         """Rows `rows` (any order, repeats allowed) as a new Jagged, without a Python loop."""
         rows = torch.as_tensor(rows, dtype=torch.long)
         starts = self.offsets[rows]
@@ -76,7 +76,7 @@ class Jagged:
         gather = torch.repeat_interleave(starts, lengths) + within
         return Jagged(self.values[gather], offsets)
 
-    def last(self, n: int) -> "Jagged":
+    def last(self, n: int) -> Jagged:
         """Keep at most the last `n` values of each row."""
         lengths = self.lengths()
         keep = lengths.clamp(max=n)
@@ -87,8 +87,7 @@ class Jagged:
         gather = torch.repeat_interleave(self.offsets[1:] - keep, keep) + within
         return Jagged(self.values[gather], new_offsets)
 
-    def to_padded(self, max_len: int | None = None, pad_value: int | float = 0,
-                  align: str = "right") -> torch.Tensor:
+    def to_padded(self, max_len: int | None = None, pad_value: int | float = 0, align: str = "right") -> torch.Tensor:
         """Dense [B, T] (T = max_len or the longest row). Rows longer than T keep their last T values.
 
         align="right" puts each row's last value in column T-1 (left padding, usual for causal models);

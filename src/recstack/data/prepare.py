@@ -60,32 +60,49 @@ def prepare(raw: RawTables, config: PrepareConfig | None = None, name: str | Non
     inter = _dedup(inter, config.dedup, report)
     inter = _k_core(inter, config.min_user_interactions, config.min_item_interactions, report)
     if inter.height == 0:
-        raise DataError(f"{raw.origin or raw.name}: no interactions left after filtering "
-                        f"(k-core {config.min_user_interactions}/{config.min_item_interactions})")
+        raise DataError(
+            f"{raw.origin or raw.name}: no interactions left after filtering "
+            f"(k-core {config.min_user_interactions}/{config.min_item_interactions})"
+        )
 
     user_raw = np.sort(inter["user"].unique().to_numpy())
     item_raw = np.sort(inter["item"].unique().to_numpy())
     n_items_listed = raw.items.height
     if n_items_listed > len(item_raw):
-        report.append(FilterStep("catalogue", "items without any interaction left are not in the catalogue",
-                                 n_items_listed, n_items_listed - len(item_raw)))
+        report.append(
+            FilterStep(
+                "catalogue",
+                "items without any interaction left are not in the catalogue",
+                n_items_listed,
+                n_items_listed - len(item_raw),
+            )
+        )
     user_map = pl.DataFrame({"raw_id": user_raw, "user": np.arange(1, len(user_raw) + 1, dtype=np.int32)})
     item_map = pl.DataFrame({"raw_id": item_raw, "item": np.arange(1, len(item_raw) + 1, dtype=np.int32)})
 
-    inter = (inter.rename({"user": "raw_user", "item": "raw_item"})
-             .join(user_map.rename({"raw_id": "raw_user"}), on="raw_user")
-             .join(item_map.rename({"raw_id": "raw_item"}), on="raw_item")
-             .drop("raw_user", "raw_item")
-             .sort(["user", "timestamp", "_source_row"]))
+    inter = (
+        inter.rename({"user": "raw_user", "item": "raw_item"})
+        .join(user_map.rename({"raw_id": "raw_user"}), on="raw_user")
+        .join(item_map.rename({"raw_id": "raw_item"}), on="raw_item")
+        .drop("raw_user", "raw_item")
+        .sort(["user", "timestamp", "_source_row"])
+    )
 
-    meta: dict = {"name": name or raw.name, "labels": list(raw.labels), "text_fields": list(raw.text_fields),
-                  "timestamp_kind": raw.timestamp_kind, "origin": raw.origin, "extra": raw.extra}
+    meta: dict = {
+        "name": name or raw.name,
+        "labels": list(raw.labels),
+        "text_fields": list(raw.text_fields),
+        "timestamp_kind": raw.timestamp_kind,
+        "origin": raw.origin,
+        "extra": raw.extra,
+    }
     for column in ("scenario", "event"):
         if column in inter.columns:
             names = sorted(inter[column].unique().to_list())
             meta[f"{column}_names"] = names
-            inter = inter.with_columns(pl.col(column).replace_strict(names, list(range(len(names))),
-                                                                     return_dtype=pl.Int16))
+            inter = inter.with_columns(
+                pl.col(column).replace_strict(names, list(range(len(names))), return_dtype=pl.Int16)
+            )
 
     split_codes, split_used = _assign_split(inter, config, raw)
     meta["split"] = split_used
@@ -99,8 +116,12 @@ def prepare(raw: RawTables, config: PrepareConfig | None = None, name: str | Non
         items = items.with_columns(pl.col(field_name).fill_null(""))
 
     meta["report"] = [to_dict(step) for step in report]
-    meta["counts"] = {"users": users.height, "items": items.height, "interactions": inter.height,
-                      **{s: int((split_codes == c).sum()) for s, c in SPLIT_CODES.items()}}
+    meta["counts"] = {
+        "users": users.height,
+        "items": items.height,
+        "interactions": inter.height,
+        **{s: int((split_codes == c).sum()) for s, c in SPLIT_CODES.items()},
+    }
     meta["config"] = to_dict(config)
     meta["prepare_seconds"] = round(time.perf_counter() - started, 3)
     return Dataset(name=meta["name"], interactions=inter, items=items, users=users, meta=meta)
@@ -114,8 +135,9 @@ def _drop_unknown(raw: RawTables, report: list[FilterStep]) -> RawTables:
         before = inter.height
         inter = inter.filter(pl.col(key).is_in(table[key].implode()))
         if inter.height < before:
-            report.append(FilterStep(f"unknown_{key}s", f"{key} id not in the {key}s table", before,
-                                     before - inter.height))
+            report.append(
+                FilterStep(f"unknown_{key}s", f"{key} id not in the {key}s table", before, before - inter.height)
+            )
     raw.interactions = inter
     return raw
 
@@ -129,8 +151,9 @@ def _dedup(inter: pl.DataFrame, mode: str, report: list[FilterStep]) -> pl.DataF
         reason = "exact duplicate of an earlier (user, item, timestamp) row"
     else:
         keep = "first" if mode == "keep_first" else "last"
-        inter = inter.sort(["user", "timestamp", "_source_row"]).unique(subset=["user", "item"], keep=keep,
-                                                                        maintain_order=True)
+        inter = inter.sort(["user", "timestamp", "_source_row"]).unique(
+            subset=["user", "item"], keep=keep, maintain_order=True
+        )
         reason = f"repeat (user, item) pair; kept the {keep} occurrence"
     if inter.height < before:
         report.append(FilterStep("dedup", reason, before, before - inter.height))
@@ -156,10 +179,19 @@ def _k_core(inter: pl.DataFrame, min_user: int, min_item: int, report: list[Filt
             break
         inter = filtered
     if inter.height < before:
-        report.append(FilterStep("k_core", f"user has < {min_user} or item has < {min_item} interactions",
-                                 before, before - inter.height,
-                                 {"rounds": rounds, "users_removed": users_before - inter["user"].n_unique(),
-                                  "items_removed": items_before - inter["item"].n_unique()}))
+        report.append(
+            FilterStep(
+                "k_core",
+                f"user has < {min_user} or item has < {min_item} interactions",
+                before,
+                before - inter.height,
+                {
+                    "rounds": rounds,
+                    "users_removed": users_before - inter["user"].n_unique(),
+                    "items_removed": items_before - inter["item"].n_unique(),
+                },
+            )
+        )
     return inter
 
 
@@ -177,5 +209,6 @@ def _assign_split(inter: pl.DataFrame, config: PrepareConfig, raw: RawTables) ->
         return splits.leave_one_out(users), method
     if method == "temporal":
         return splits.temporal(inter["timestamp"].to_numpy(), config.valid_fraction, config.test_fraction), method
-    return splits.random_user(users, config.valid_fraction, config.test_fraction, config.holdout_fraction,
-                              config.seed), method
+    return splits.random_user(
+        users, config.valid_fraction, config.test_fraction, config.holdout_fraction, config.seed
+    ), method

@@ -44,8 +44,9 @@ def temporal(timestamps: np.ndarray, valid_fraction: float, test_fraction: float
     return split
 
 
-def random_user(users: np.ndarray, valid_fraction: float, test_fraction: float, holdout_fraction: float,
-                seed: int) -> np.ndarray:
+def random_user(
+    users: np.ndarray, valid_fraction: float, test_fraction: float, holdout_fraction: float, seed: int
+) -> np.ndarray:
     """Random-user holdout: a random share of users go to valid / test; for them the last
     `holdout_fraction` of their sequence (at least one row) is held out, the rest stays in train as history."""
     unique = np.unique(users)

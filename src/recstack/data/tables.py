@@ -36,7 +36,7 @@ class RawTables:
     origin: str = ""  # file or folder the tables came from, used in error messages
     extra: dict = field(default_factory=dict)  # source-specific metadata (e.g. reference semantic IDs)
 
-    def validate(self) -> "RawTables":
+    def validate(self) -> RawTables:
         validate_raw(self)
         return self
 
@@ -44,12 +44,15 @@ class RawTables:
 def _require_columns(df: pl.DataFrame, columns: dict[str, tuple], table: str, origin: str) -> None:
     for column, allowed in columns.items():
         if column not in df.columns:
-            raise DataError(f"{origin}: {table} table has no column {column!r} "
-                            f"(columns present: {', '.join(df.columns) or 'none'})")
+            raise DataError(
+                f"{origin}: {table} table has no column {column!r} (columns present: {', '.join(df.columns) or 'none'})"
+            )
         dtype = df.schema[column]
         if not any(dtype == a or (isinstance(a, type) and isinstance(dtype, a)) for a in allowed):
-            raise DataError(f"{origin}: column {column!r} of the {table} table has type {dtype}, "
-                            f"expected {' or '.join(str(a) for a in allowed)}")
+            raise DataError(
+                f"{origin}: column {column!r} of the {table} table has type {dtype}, "
+                f"expected {' or '.join(str(a) for a in allowed)}"
+            )
 
 
 _INTS = (pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64)
@@ -68,8 +71,9 @@ def validate_raw(tables: RawTables) -> None:
     inter = tables.interactions
     if inter.height == 0:
         raise DataError(f"{origin}: the interactions table is empty")
-    _require_columns(inter, {"user": (pl.Utf8, pl.String), "item": (pl.Utf8, pl.String),
-                             "timestamp": _INTS}, "interactions", origin)
+    _require_columns(
+        inter, {"user": (pl.Utf8, pl.String), "item": (pl.Utf8, pl.String), "timestamp": _INTS}, "interactions", origin
+    )
     for column in ("user", "item", "timestamp"):
         row = _first_null_row(inter, column)
         if row is not None:
@@ -104,5 +108,7 @@ def validate_raw(tables: RawTables) -> None:
         unknown = inter.with_row_index("row").filter(~pl.col(key).is_in(table[key].implode()))
         if unknown.height:
             first = unknown.row(0, named=True)
-            raise DataError(f"{origin}: interactions row {first['row']}: unknown {key} id {first[key]!r} "
-                            f"(not in the {key}s table; {unknown.height} such rows)")
+            raise DataError(
+                f"{origin}: interactions row {first['row']}: unknown {key} id {first[key]!r} "
+                f"(not in the {key}s table; {unknown.height} such rows)"
+            )

@@ -13,8 +13,23 @@ from recstack.eval.predictions import evaluate_prediction_file, read_predictions
 from recstack.eval.topk import metrics_from_ranks, rank_of_target, target_hits, topk_metrics
 
 __all__ = [
-    "TopKAccumulator", "auc", "coverage", "evaluate_prediction_file", "evaluate_retriever", "gauc",
-    "gini_index", "logloss", "metrics_from_ranks", "novelty", "pointwise_metrics", "popularity_bias",
-    "rank_of_target", "read_predictions", "recommendation_counts", "sampled_metrics", "target_hits",
-    "topk_metrics", "write_predictions",
+    "TopKAccumulator",
+    "auc",
+    "coverage",
+    "evaluate_prediction_file",
+    "evaluate_retriever",
+    "gauc",
+    "gini_index",
+    "logloss",
+    "metrics_from_ranks",
+    "novelty",
+    "pointwise_metrics",
+    "popularity_bias",
+    "rank_of_target",
+    "read_predictions",
+    "recommendation_counts",
+    "sampled_metrics",
+    "target_hits",
+    "topk_metrics",
+    "write_predictions",
 ]

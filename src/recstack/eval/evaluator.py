@@ -7,7 +7,8 @@ the Gini index of recommendation counts and the average popularity (ARP) of the 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -28,13 +29,18 @@ class TopKAccumulator:
     item_popularity: [num_items + 1] counts for ARP (omitted from the result when None).
     """
 
-    def __init__(self, ks: Iterable[int], num_items: int, metrics: Iterable[str] = TOPK_METRICS,
-                 item_popularity: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        ks: Iterable[int],
+        num_items: int,
+        metrics: Iterable[str] = TOPK_METRICS,
+        item_popularity: torch.Tensor | None = None,
+    ) -> None:
         self.ks, self.metrics = _check_ks(ks, metrics)
         self.num_items = num_items
         self.item_popularity = item_popularity
         self.sums: dict[str, float] = {}
-        self.users = 0               # users with at least one target (the metric denominator)
+        self.users = 0  # users with at least one target (the metric denominator)
         self.arp_sum, self.arp_users = 0.0, 0
         self.counts = torch.zeros(num_items + 1, dtype=torch.long)
 
@@ -45,7 +51,7 @@ class TopKAccumulator:
         for name, values in per_user.items():
             self.sums[name] = self.sums.get(name, 0.0) + float(torch.nansum(values))
         self.users += int((~torch.isnan(next(iter(per_user.values())))).sum())
-        top = pred_items[:, :max(self.ks)]
+        top = pred_items[:, : max(self.ks)]
         self.counts += recommendation_counts(top, self.num_items)
         if self.item_popularity is not None:
             with_list = int((top > 0).any(1).sum())
@@ -70,9 +76,16 @@ def _check_split(split: str) -> None:
 
 
 @torch.inference_mode()
-def evaluate_retriever(retriever: Retriever, dataset: Dataset, split: str = "test",
-                       ks: Iterable[int] = (5, 10, 20), batch_size: int = 1024, exclude_history: bool = True,
-                       metrics: Iterable[str] = TOPK_METRICS, progress: bool = False) -> dict[str, float]:
+def evaluate_retriever(
+    retriever: Retriever,
+    dataset: Dataset,
+    split: str = "test",
+    ks: Iterable[int] = (5, 10, 20),
+    batch_size: int = 1024,
+    exclude_history: bool = True,
+    metrics: Iterable[str] = TOPK_METRICS,
+    progress: bool = False,
+) -> dict[str, float]:
     """Full-ranking top-K evaluation of `retriever` on the users of `split`.
 
     Targets: each user's items in `split` (`dataset.eval_users`). History: the user's rows before
@@ -92,20 +105,28 @@ def evaluate_retriever(retriever: Retriever, dataset: Dataset, split: str = "tes
     starts = range(0, users.numel(), batch_size)
     if progress:
         from recstack.progress import progress_bar
+
         starts = progress_bar(starts, desc=f"evaluate {name} on {split}", unit="batch")
     for start in starts:
         rows = torch.arange(start, min(start + batch_size, users.numel()))
         candidates = retriever.retrieve(history.select(rows), max(ks), exclude_history=exclude_history)
         if candidates.items.dim() != 2 or candidates.items.shape[0] != rows.numel():
-            raise DataError(f"retriever {name!r} returned items of shape {tuple(candidates.items.shape)} "
-                            f"for a batch of {rows.numel()} users")
+            raise DataError(
+                f"retriever {name!r} returned items of shape {tuple(candidates.items.shape)} "
+                f"for a batch of {rows.numel()} users"
+            )
         acc.add(candidates.items, targets.select(rows))
     return acc.result()
 
 
-def sampled_metrics(scores_pos: torch.Tensor, scores_neg: torch.Tensor, ks: Iterable[int] = (5, 10, 20),
-                    metrics: Iterable[str] = TOPK_METRICS, ties: str = "pessimistic",
-                    reduce: bool = True) -> dict[str, float] | dict[str, torch.Tensor]:
+def sampled_metrics(
+    scores_pos: torch.Tensor,
+    scores_neg: torch.Tensor,
+    ks: Iterable[int] = (5, 10, 20),
+    metrics: Iterable[str] = TOPK_METRICS,
+    ties: str = "pessimistic",
+    reduce: bool = True,
+) -> dict[str, float] | dict[str, torch.Tensor]:
     """Top-K metrics under the sampled-negative protocol: the target ranked among N sampled negatives.
 
     scores_pos: [B] score of each user's target. scores_neg: [B, N] scores of its sampled negatives.
@@ -113,8 +134,10 @@ def sampled_metrics(scores_pos: torch.Tensor, scores_neg: torch.Tensor, ks: Iter
     ranking (Krichene & Rendle, KDD 2020). Provided to compare with papers that report them.
     """
     if scores_pos.dim() != 1 or scores_neg.dim() != 2 or scores_neg.shape[0] != scores_pos.shape[0]:
-        raise DataError(f"expected scores_pos [B] and scores_neg [B, N], got {tuple(scores_pos.shape)} "
-                        f"and {tuple(scores_neg.shape)}")
+        raise DataError(
+            f"expected scores_pos [B] and scores_neg [B, N], got {tuple(scores_pos.shape)} "
+            f"and {tuple(scores_neg.shape)}"
+        )
     scores = torch.cat([scores_pos.unsqueeze(1), scores_neg.to(scores_pos.dtype)], dim=1)
     ranks = rank_of_target(scores, torch.zeros(scores.shape[0], dtype=torch.long), ties=ties)
     return metrics_from_ranks(ranks, ks, metrics, reduce)

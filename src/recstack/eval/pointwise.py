@@ -33,7 +33,7 @@ def average_ranks(values: torch.Tensor) -> torch.Tensor:
     """1-based ranks of `values` [N] in ascending order, tied values sharing their mean rank. [N] float64."""
     sorted_values, order = torch.sort(values)
     _, inverse, counts = torch.unique_consecutive(sorted_values, return_inverse=True, return_counts=True)
-    ends = counts.cumsum(0).double()                 # rank of the last member of each tie group
+    ends = counts.cumsum(0).double()  # rank of the last member of each tie group
     group_rank = ends - (counts.double() - 1) / 2
     ranks = torch.empty_like(values, dtype=torch.float64)
     ranks[order] = group_rank[inverse]
@@ -71,14 +71,14 @@ def gauc(users, labels, scores) -> float:
     n = users.numel()
     new_user = torch.ones(n, dtype=torch.bool)
     new_user[1:] = users[1:] != users[:-1]
-    new_group = new_user.clone()                                   # a run of equal scores of one user
+    new_group = new_user.clone()  # a run of equal scores of one user
     new_group[1:] |= scores[1:] != scores[:-1]
     user_id = new_user.long().cumsum(0) - 1
     group_id = new_group.long().cumsum(0) - 1
     position = torch.arange(n)
     rank_in_user = (position - position[new_user][user_id] + 1).double()
     group_size = torch.bincount(group_id).double()
-    group_rank = rank_in_user[new_group] + (group_size - 1) / 2    # mean rank of the tie group
+    group_rank = rank_in_user[new_group] + (group_size - 1) / 2  # mean rank of the tie group
     rank = group_rank[group_id]
     size = torch.bincount(user_id).double()
     pos = torch.bincount(user_id, weights=labels)
@@ -106,8 +106,12 @@ def logloss(labels, probs, eps: float = 1e-7) -> float:
     return float(-(labels * torch.log(p) + (1 - labels) * torch.log1p(-p)).mean())
 
 
-def pointwise_metrics(labels: dict[str, torch.Tensor], scores: dict[str, torch.Tensor],
-                      users: torch.Tensor | None = None, logits: bool = False) -> dict[str, float]:
+def pointwise_metrics(
+    labels: dict[str, torch.Tensor],
+    scores: dict[str, torch.Tensor],
+    users: torch.Tensor | None = None,
+    logits: bool = False,
+) -> dict[str, float]:
     """AUC, GAUC and logloss for every task in `labels`: keys "click/auc", "click/gauc", "click/logloss".
 
     labels, scores: task -> [N]. users: [N] user ids (GAUC is skipped when None).

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import polars as pl
@@ -31,8 +31,13 @@ def _raw_ids(table: pl.DataFrame, key: str, ids: np.ndarray) -> pl.Series:
     return pl.Series(key, lookup[ids], dtype=pl.String)
 
 
-def write_predictions(path: str | Path, users: torch.Tensor, candidates_items: torch.Tensor,
-                      scores: torch.Tensor, dataset: Dataset | None = None) -> Path:
+def write_predictions(
+    path: str | Path,
+    users: torch.Tensor,
+    candidates_items: torch.Tensor,
+    scores: torch.Tensor,
+    dataset: Dataset | None = None,
+) -> Path:
     """Write top-K lists atomically (temp file in the same folder, then rename).
 
     users: [B] internal user ids. candidates_items: [B, K] internal item ids, best first, 0 = empty.
@@ -43,8 +48,10 @@ def write_predictions(path: str | Path, users: torch.Tensor, candidates_items: t
     users = torch.as_tensor(users).detach().long().cpu().reshape(-1)
     scores = torch.as_tensor(scores).detach().cpu()
     if items.dim() != 2 or items.shape[0] != users.numel() or tuple(scores.shape) != tuple(items.shape):
-        raise DataError(f"{path}: expected users [B], items [B, K], scores [B, K]; got "
-                        f"{tuple(users.shape)}, {tuple(items.shape)}, {tuple(scores.shape)}")
+        raise DataError(
+            f"{path}: expected users [B], items [B, K], scores [B, K]; got "
+            f"{tuple(users.shape)}, {tuple(items.shape)}, {tuple(scores.shape)}"
+        )
     filled = items > 0
     ranks = torch.arange(1, items.shape[1] + 1).expand_as(items)
     user_ids = users.unsqueeze(1).expand_as(items)[filled].numpy()
@@ -57,8 +64,14 @@ def write_predictions(path: str | Path, users: torch.Tensor, candidates_items: t
         item_col = _raw_ids(dataset.items, "item", item_ids)
     else:
         user_col, item_col = pl.Series("user", user_ids), pl.Series("item", item_ids)
-    frame = pl.DataFrame([user_col, item_col, pl.Series("score", scores[filled].numpy()),
-                          pl.Series("rank", ranks[filled].numpy().astype(np.int32))])
+    frame = pl.DataFrame(
+        [
+            user_col,
+            item_col,
+            pl.Series("score", scores[filled].numpy()),
+            pl.Series("rank", ranks[filled].numpy().astype(np.int32)),
+        ]
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -81,15 +94,17 @@ def _internal_ids(column: pl.Series, table: pl.DataFrame, key: str, path: Path) 
             raise DataError(f"{path}: column {key!r} row {row}: internal id {ids[row]} is outside 1..{table.height}")
         return ids
     if column.dtype == pl.String:
-        mapped = column.replace_strict(table["raw_id"].cast(pl.String), table[key], default=None,
-                                       return_dtype=pl.Int64)
+        mapped = column.replace_strict(table["raw_id"].cast(pl.String), table[key], default=None, return_dtype=pl.Int64)
         if mapped.null_count():
             row = int(mapped.is_null().arg_max())
-            raise DataError(f"{path}: column {key!r} row {row}: raw id {column[row]!r} is not in the dataset "
-                            f"({mapped.null_count()} such rows)")
+            raise DataError(
+                f"{path}: column {key!r} row {row}: raw id {column[row]!r} is not in the dataset "
+                f"({mapped.null_count()} such rows)"
+            )
         return mapped.to_numpy()
-    raise DataError(f"{path}: column {key!r} has type {column.dtype}; expected integer (internal ids) "
-                    "or string (raw ids)")
+    raise DataError(
+        f"{path}: column {key!r} has type {column.dtype}; expected integer (internal ids) or string (raw ids)"
+    )
 
 
 def read_predictions(path: str | Path, dataset: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -104,8 +119,10 @@ def read_predictions(path: str | Path, dataset: Dataset) -> tuple[np.ndarray, np
     order_col = "rank" if "rank" in frame.columns else "score"
     for column in ("user", "item", order_col):
         if column not in frame.columns:
-            raise DataError(f"{path}: missing column {column!r} (columns present: {', '.join(frame.columns)}; "
-                            "need user, item and rank or score)")
+            raise DataError(
+                f"{path}: missing column {column!r} (columns present: {', '.join(frame.columns)}; "
+                "need user, item and rank or score)"
+            )
         if frame[column].null_count():
             raise DataError(f"{path}: column {column!r} row {int(frame[column].is_null().arg_max())}: missing value")
     users = _internal_ids(frame["user"], dataset.users, "user", path)
@@ -130,9 +147,14 @@ def read_predictions(path: str | Path, dataset: Dataset) -> tuple[np.ndarray, np
     return users, items, key
 
 
-def evaluate_prediction_file(path: str | Path, dataset: Dataset, split: str = "test",
-                             ks: Iterable[int] = (5, 10, 20), metrics: Iterable[str] = TOPK_METRICS,
-                             chunk_size: int = 65536) -> dict[str, float]:
+def evaluate_prediction_file(
+    path: str | Path,
+    dataset: Dataset,
+    split: str = "test",
+    ks: Iterable[int] = (5, 10, 20),
+    metrics: Iterable[str] = TOPK_METRICS,
+    chunk_size: int = 65536,
+) -> dict[str, float]:
     """Top-K metrics of a prediction file against the targets of `split`, as `evaluate_retriever`.
 
     Users of the split absent from the file count as empty lists (all metrics 0), reported in
@@ -150,10 +172,10 @@ def evaluate_prediction_file(path: str | Path, dataset: Dataset, split: str = "t
     rows = row_of_user[users]
     keep = rows >= 0
     rows, items, key = rows[keep], items[keep], key[keep]
-    order = np.lexsort((key, rows))                                    # by row, then best first
+    order = np.lexsort((key, rows))  # by row, then best first
     rows, items = rows[order], items[order]
     starts = np.searchsorted(rows, rows, side="left")
-    within = np.arange(rows.size) - starts                             # position in the user's list
+    within = np.arange(rows.size) - starts  # position in the user's list
     top = within < max(ks)
     pred = torch.zeros(eval_users.numel(), max(ks), dtype=torch.long)
     pred[torch.from_numpy(rows[top]), torch.from_numpy(within[top])] = torch.from_numpy(items[top])

@@ -15,7 +15,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def _png(fig) -> bytes:
@@ -92,12 +92,17 @@ def metrics_markdown(split: str, metrics: dict[str, Any]) -> list[str]:
     ks = sorted(int(key.split("@")[1]) for key in retrieval if key.startswith("recall@"))
     if ks:
         channels = list(retrieval[f"recall@{ks[0]}"])
-        lines += ["| channel | " + " | ".join(f"recall@{k}" for k in ks) + f" | exclusive@{ks[-1]} |",
-                  "|---|" + "---|" * (len(ks) + 1)]
+        lines += [
+            "| channel | " + " | ".join(f"recall@{k}" for k in ks) + f" | exclusive@{ks[-1]} |",
+            "|---|" + "---|" * (len(ks) + 1),
+        ]
         for channel in channels:
             exclusive = retrieval[f"exclusive@{ks[-1]}"].get(channel)
-            lines.append(f"| {channel} | " + " | ".join(f"{retrieval[f'recall@{k}'][channel]:.4f}" for k in ks)
-                         + f" | {'' if exclusive is None else f'{exclusive:.4f}'} |")
+            lines.append(
+                f"| {channel} | "
+                + " | ".join(f"{retrieval[f'recall@{k}'][channel]:.4f}" for k in ks)
+                + f" | {'' if exclusive is None else f'{exclusive:.4f}'} |"
+            )
         lines.append("")
     ranker = metrics.get("ranker", {})
     if ranker:
@@ -106,15 +111,22 @@ def metrics_markdown(split: str, metrics: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_report(run_dir: str | Path, title: str, summary: dict[str, Any], metrics: dict[str, dict[str, Any]],
-                 histories: dict[str, list[dict]]) -> tuple[Path, Path]:
+def write_report(
+    run_dir: str | Path,
+    title: str,
+    summary: dict[str, Any],
+    metrics: dict[str, dict[str, Any]],
+    histories: dict[str, list[dict]],
+) -> tuple[Path, Path]:
     """Write report.md (+ PNGs) and a self-contained report.html into run_dir."""
     run_dir = Path(run_dir)
     plots: dict[str, bytes] = {}
     last_split = list(metrics)[-1]
-    for name, png in (("training_curves", plot_training_curves(histories)),
-                      ("recall_vs_k", plot_recall_vs_k(metrics[last_split].get("retrieval", {}))),
-                      ("channel_overlap", plot_overlap(metrics[last_split].get("channel_overlap", {})))):
+    for name, png in (
+        ("training_curves", plot_training_curves(histories)),
+        ("recall_vs_k", plot_recall_vs_k(metrics[last_split].get("retrieval", {}))),
+        ("channel_overlap", plot_overlap(metrics[last_split].get("channel_overlap", {}))),
+    ):
         if png is not None:
             plots[name] = png
     md = [f"# {title}", ""] + [f"- **{k}**: {v}" for k, v in summary.items()] + [""]
@@ -134,10 +146,12 @@ def write_report(run_dir: str | Path, title: str, summary: dict[str, Any], metri
 
 def _html(title: str, md_lines: list[str], plots: dict[str, bytes]) -> str:
     """Tiny Markdown-table-aware renderer: headings, bullets, tables, images inlined as base64."""
-    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-           "<style>body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em}"
-           "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
-           "text-align:right}td:first-child{text-align:left}img{max-width:100%}</style></head><body>"]
+    out = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        "<style>body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
+        "text-align:right}td:first-child{text-align:left}img{max-width:100%}</style></head><body>",
+    ]
     table: list[list[str]] = []
 
     def flush() -> None:
@@ -160,7 +174,7 @@ def _html(title: str, md_lines: list[str], plots: dict[str, bytes]) -> str:
         elif line.startswith("- "):
             out.append(f"<div>• {html.escape(line[2:].replace('**', ''))}</div>")
         elif line.startswith("!["):
-            name = line[2:line.index("]")]
+            name = line[2 : line.index("]")]
             data = base64.b64encode(plots[name]).decode()
             out.append(f"<h3>{name.replace('_', ' ')}</h3><img src='data:image/png;base64,{data}'>")
     flush()

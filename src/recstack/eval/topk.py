@@ -10,7 +10,7 @@ Two entry points:
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 
@@ -61,8 +61,9 @@ def target_hits(pred_items: torch.Tensor, targets: Jagged) -> tuple[torch.Tensor
     keep = target_values > 0
     rows, target_values = targets.row_ids().to(device)[keep], target_values[keep]
     # Key (row, item) as one int64 so that membership is a sorted search over all targets at once.
-    span = int(max(int(pred.max()) if pred.numel() else 0,
-                   int(target_values.max()) if target_values.numel() else 0)) + 1
+    span = (
+        int(max(int(pred.max()) if pred.numel() else 0, int(target_values.max()) if target_values.numel() else 0)) + 1
+    )
     target_keys = torch.unique(rows * span + target_values)  # sorted, distinct
     num_targets = torch.bincount(target_keys // span, minlength=batch)[:batch]
     if target_keys.numel() == 0:
@@ -78,9 +79,13 @@ def target_hits(pred_items: torch.Tensor, targets: Jagged) -> tuple[torch.Tensor
     return hits & ~repeat, num_targets
 
 
-def topk_metrics(pred_items: torch.Tensor, targets: Jagged, ks: Iterable[int] = (5, 10, 20),
-                 metrics: Iterable[str] = TOPK_METRICS, reduce: bool = True
-                 ) -> dict[str, float] | dict[str, torch.Tensor]:
+def topk_metrics(
+    pred_items: torch.Tensor,
+    targets: Jagged,
+    ks: Iterable[int] = (5, 10, 20),
+    metrics: Iterable[str] = TOPK_METRICS,
+    reduce: bool = True,
+) -> dict[str, float] | dict[str, torch.Tensor]:
     """Top-K metrics of ranked lists against target sets, keys like "recall@10", "ndcg@10".
 
     pred_items: [B, K] item ids, best first, 0 = empty slot (a list shorter than k is padded with
@@ -148,9 +153,9 @@ def rank_of_target(scores: torch.Tensor, target: torch.Tensor, ties: str = "pess
     return pessimistic if ties == "pessimistic" else optimistic
 
 
-def metrics_from_ranks(ranks: torch.Tensor, ks: Iterable[int] = (5, 10, 20),
-                       metrics: Iterable[str] = TOPK_METRICS, reduce: bool = True
-                       ) -> dict[str, float] | dict[str, torch.Tensor]:
+def metrics_from_ranks(
+    ranks: torch.Tensor, ks: Iterable[int] = (5, 10, 20), metrics: Iterable[str] = TOPK_METRICS, reduce: bool = True
+) -> dict[str, float] | dict[str, torch.Tensor]:
     """Top-K metrics when each user has exactly one target at 1-based rank `ranks` [B].
 
     hit@k = rank <= k; recall@k = hr@k = hit; precision@k = hit / k; ndcg@k = hit / log2(rank + 1);
@@ -163,7 +168,6 @@ def metrics_from_ranks(ranks: torch.Tensor, ks: Iterable[int] = (5, 10, 20),
     out: dict[str, torch.Tensor] = {}
     for k in ks:
         hit = (ranks <= k).double()
-        per = {"recall": hit, "hr": hit, "precision": hit / k,
-               "ndcg": hit / torch.log2(ranks + 1), "mrr": hit / ranks}
+        per = {"recall": hit, "hr": hit, "precision": hit / k, "ndcg": hit / torch.log2(ranks + 1), "mrr": hit / ranks}
         out.update({f"{m}@{k}": per[m] for m in metrics})
     return _reduce(out, torch.ones_like(ranks, dtype=torch.bool), reduce)

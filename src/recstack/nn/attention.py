@@ -44,8 +44,9 @@ class MultiHeadSelfAttention(nn.Module):
         if bias is not None:
             bias = bias.unsqueeze(1) if bias.dim() == 3 else bias
             attn_mask = bias.masked_fill(~attn_mask, float("-inf"))
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+        )
         return self.out(y.transpose(1, 2).reshape(b, t, d))
 
 
@@ -68,8 +69,17 @@ class TransformerBlock(nn.Module):
     forward(x [B, T, D], mask [B, T, T] bool, bias [B, T, T] | None) -> [B, T, D].
     """
 
-    def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float = 0.0, attn_dropout: float = 0.0,
-                 norm_first: bool = True, activation: str = "gelu", eps: float = 1e-8) -> None:
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        ffn_dim: int,
+        dropout: float = 0.0,
+        attn_dropout: float = 0.0,
+        norm_first: bool = True,
+        activation: str = "gelu",
+        eps: float = 1e-8,
+    ) -> None:
         super().__init__()
         self.norm_first = norm_first
         self.attn = MultiHeadSelfAttention(dim, heads, attn_dropout)

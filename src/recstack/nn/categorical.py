@@ -31,8 +31,11 @@ class TokenTable:
 def is_categorical(frame: pl.DataFrame, column: str, max_ratio: float) -> bool:
     """String, list-of-string or integer column with at most `max_ratio` distinct values per row."""
     dtype = frame.schema[column]
-    kind_ok = (dtype in (pl.String, pl.Categorical) or dtype.is_integer()
-               or (isinstance(dtype, pl.List) and dtype.inner in (pl.String, pl.Categorical)))
+    kind_ok = (
+        dtype in (pl.String, pl.Categorical)
+        or dtype.is_integer()
+        or (isinstance(dtype, pl.List) and dtype.inner in (pl.String, pl.Categorical))
+    )
     if not kind_ok or frame.height == 0:
         return False
     distinct = frame[column].drop_nulls()
@@ -40,8 +43,9 @@ def is_categorical(frame: pl.DataFrame, column: str, max_ratio: float) -> bool:
     return distinct.n_unique() <= max_ratio * frame.height
 
 
-def categorical_tokens(frame: pl.DataFrame, key: str, num_rows: int, columns: list[str],
-                       separator: str = r"\s*[|,]\s*") -> TokenTable:
+def categorical_tokens(
+    frame: pl.DataFrame, key: str, num_rows: int, columns: list[str], separator: str = r"\s*[|,]\s*"
+) -> TokenTable:
     """Token bags of `columns` for rows keyed by integer column `key` (0 < key < num_rows).
 
     String cells are split on the regex `separator`; list cells give one token per element; integers
@@ -59,18 +63,23 @@ def categorical_tokens(frame: pl.DataFrame, key: str, num_rows: int, columns: li
             values = cell.cast(pl.String).str.split("\x00")  # one-element list
         else:
             values = cell.cast(pl.String).str.strip_chars().str.split(separator, literal=False)
-        part = (frame.select(pl.col(key).cast(pl.Int64).alias("row"), values.alias("value"))
-                .explode("value").drop_nulls("value").filter(pl.col("value") != "")
-                .unique(["row", "value"], maintain_order=True)
-                .with_columns(pl.lit(column).alias("column")))
+        part = (
+            frame.select(pl.col(key).cast(pl.Int64).alias("row"), values.alias("value"))
+            .explode("value")
+            .drop_nulls("value")
+            .filter(pl.col("value") != "")
+            .unique(["row", "value"], maintain_order=True)
+            .with_columns(pl.lit(column).alias("column"))
+        )
         parts.append(part)
     empty = pl.DataFrame(schema={"row": pl.Int64, "value": pl.String, "column": pl.String})
     long = pl.concat(parts) if parts else empty
     long = long.with_columns((pl.col("column") + "=" + pl.col("value")).alias("token"))
     vocab = sorted(long["token"].unique().to_list())
-    long = (long.with_columns(pl.col("token").replace_strict(vocab, list(range(len(vocab))), return_dtype=pl.Int64)
-                              .alias("id"), (1.0 / pl.len().over(["row", "column"])).alias("weight"))
-            .sort(["row", "id"]))
+    long = long.with_columns(
+        pl.col("token").replace_strict(vocab, list(range(len(vocab))), return_dtype=pl.Int64).alias("id"),
+        (1.0 / pl.len().over(["row", "column"])).alias("weight"),
+    ).sort(["row", "id"])
     rows = long["row"].to_numpy()
     if rows.size and (rows.min() <= 0 or rows.max() >= num_rows):
         raise DataError(f"{key} ids must lie in 1..{num_rows - 1}, found {rows.min()}..{rows.max()}")
@@ -88,12 +97,12 @@ class FeatureBag(nn.Module):
     def __init__(self, vocab_size: int, num_tokens: int, num_rows: int, dim: int) -> None:
         super().__init__()
         self.bag = nn.EmbeddingBag(max(vocab_size, 1), dim, mode="sum")
-        nn.init.normal_(self.bag.weight, std=dim ** -0.5)
+        nn.init.normal_(self.bag.weight, std=dim**-0.5)
         self.register_buffer("token_ids", torch.zeros(num_tokens, dtype=torch.long))
         self.register_buffer("token_weights", torch.zeros(num_tokens))
         self.register_buffer("token_offsets", torch.zeros(num_rows + 1, dtype=torch.long))
 
-    def set_tokens(self, table: TokenTable) -> "FeatureBag":
+    def set_tokens(self, table: TokenTable) -> FeatureBag:
         if table.tokens.num_rows + 1 != self.token_offsets.numel() or table.weights.numel() != self.token_ids.numel():
             raise DataError("FeatureBag.set_tokens: the token table does not match the sizes given at construction")
         self.token_ids.copy_(table.tokens.values)
@@ -109,6 +118,7 @@ class FeatureBag(nn.Module):
         total = int(lengths.sum())
         # Position of every gathered token in the table: its row's start + its rank within the row.
         index = torch.repeat_interleave(starts - offsets, lengths, output_size=total) + torch.arange(
-            total, device=flat.device)
+            total, device=flat.device
+        )
         out = self.bag(self.token_ids[index], offsets, per_sample_weights=self.token_weights[index])
         return out.view(*rows.shape, -1)

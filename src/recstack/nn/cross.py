@@ -40,10 +40,10 @@ class LowRankMixtureCrossLayer(nn.Module):
         self.gate = nn.Linear(dim, num_experts, bias=False)
 
     def forward(self, x0: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        low = torch.tanh(torch.einsum("nd,edr->ner", x, self.v))            # [N, E, r]
-        low = torch.tanh(torch.einsum("ner,ers->nes", low, self.c))         # [N, E, r]
+        low = torch.tanh(torch.einsum("nd,edr->ner", x, self.v))  # [N, E, r]
+        low = torch.tanh(torch.einsum("ner,ers->nes", low, self.c))  # [N, E, r]
         experts = x0.unsqueeze(1) * (torch.einsum("ner,erd->ned", low, self.u) + self.bias)  # [N, E, D]
-        gates = torch.softmax(self.gate(x), dim=-1).unsqueeze(-1)           # [N, E, 1]
+        gates = torch.softmax(self.gate(x), dim=-1).unsqueeze(-1)  # [N, E, 1]
         return (gates * experts).sum(1) + x
 
 
@@ -57,7 +57,8 @@ class CrossNetwork(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(
             CrossLayer(dim) if low_rank is None else LowRankMixtureCrossLayer(dim, low_rank, num_experts)
-            for _ in range(num_layers))
+            for _ in range(num_layers)
+        )
         self.out_dim = dim
 
     def forward(self, x0: torch.Tensor) -> torch.Tensor:

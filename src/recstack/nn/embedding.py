@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -21,14 +21,15 @@ from recstack.nn.categorical import FeatureBag, TokenTable
 def id_embedding(num_ids: int, dim: int) -> nn.Embedding:
     """[num_ids, dim] table, N(0, 1/dim) init, row 0 zero and never updated (padding_idx)."""
     embedding = nn.Embedding(num_ids, dim, padding_idx=0)
-    nn.init.normal_(embedding.weight, std=dim ** -0.5)
+    nn.init.normal_(embedding.weight, std=dim**-0.5)
     with torch.no_grad():
         embedding.weight[0].zero_()
     return embedding
 
 
-def apply_unique(encode: Callable[[torch.Tensor], torch.Tensor], ids: torch.Tensor,
-                 num_ids: int | None = None) -> torch.Tensor:
+def apply_unique(
+    encode: Callable[[torch.Tensor], torch.Tensor], ids: torch.Tensor, num_ids: int | None = None
+) -> torch.Tensor:
     """encode(ids) for ids [...] in 0..num_ids-1, computed once per distinct id: [...] -> [..., D].
 
     When the id space is no larger than the batch, the whole table is encoded (no sort needed).
@@ -53,7 +54,7 @@ class CategoricalFields(nn.Module):
     def __len__(self) -> int:
         return len(self.bags)
 
-    def set_tables(self, tables: Sequence[TokenTable]) -> "CategoricalFields":
+    def set_tables(self, tables: Sequence[TokenTable]) -> CategoricalFields:
         for bag, table in zip(self.bags, tables):
             bag.set_tokens(table)
         return self

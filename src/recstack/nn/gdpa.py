@@ -38,8 +38,15 @@ class GDPA(nn.Module):
     Output rows of padding queries (valid False) are 0, so the residual leaves padding untouched.
     """
 
-    def __init__(self, dim: int, context_dim: int, heads: int, activation: GdpaActivation = "softmax",
-                 temperature: GdpaTemperature = "maxlen", fused: bool = False) -> None:
+    def __init__(
+        self,
+        dim: int,
+        context_dim: int,
+        heads: int,
+        activation: GdpaActivation = "softmax",
+        temperature: GdpaTemperature = "maxlen",
+        fused: bool = False,
+    ) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim {dim} is not divisible by heads {heads}")
@@ -50,20 +57,27 @@ class GDPA(nn.Module):
         self.kv = nn.Linear(context_dim, 2 * dim)
         self.out = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None,
-                valid: torch.Tensor | None = None, max_len: int | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor,
+        context_mask: torch.Tensor | None = None,
+        valid: torch.Tensor | None = None,
+        max_len: int | None = None,
+    ) -> torch.Tensor:
         b, t, d = x.shape
         c, dh = context.shape[1], d // self.heads
-        q = self.q(x).view(b, t, self.heads, dh).transpose(1, 2)                      # [B, H, T, Dh]
+        q = self.q(x).view(b, t, self.heads, dh).transpose(1, 2)  # [B, H, T, Dh]
         k, v = self.kv(context).view(b, c, 2, self.heads, dh).permute(2, 0, 3, 1, 4)  # [B, H, C, Dh] each
         tau = float(max_len or t) if self.temperature == "maxlen" else math.sqrt(dh)
-        mask = (torch.ones(b, c, dtype=torch.bool, device=x.device) if context_mask is None
-                else context_mask.bool())[:, None, None, :]
+        mask = (torch.ones(b, c, dtype=torch.bool, device=x.device) if context_mask is None else context_mask.bool())[
+            :, None, None, :
+        ]
         if self.fused and self.activation == "softmax":  # rows without any valid key give 0, as below
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0 / tau)
             y = self.out(torch.nan_to_num(y).transpose(1, 2).reshape(b, t, d))
             return y if valid is None else y * valid.unsqueeze(-1)
-        scores = torch.matmul(q, k.transpose(-1, -2)) / tau                           # [B, H, T, C]
+        scores = torch.matmul(q, k.transpose(-1, -2)) / tau  # [B, H, T, C]
         if self.activation == "softmax":
             weights = masked_softmax(scores, mask)
         else:

@@ -18,8 +18,15 @@ class GroupedQueryAttention(nn.Module):
     Target attention = queries from a subset of tokens (x), keys / values from all tokens (context).
     """
 
-    def __init__(self, dim: int, n_heads: int, n_kv_heads: int | None = None, head_dim: int | None = None,
-                 dropout: float = 0.0, bias: bool = True) -> None:
+    def __init__(
+        self,
+        dim: int,
+        n_heads: int,
+        n_kv_heads: int | None = None,
+        head_dim: int | None = None,
+        dropout: float = 0.0,
+        bias: bool = True,
+    ) -> None:
         super().__init__()
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
         if n_kv_heads <= 0 or n_heads % n_kv_heads:
@@ -41,6 +48,7 @@ class GroupedQueryAttention(nn.Module):
         group = self.n_heads // self.n_kv_heads
         if group > 1:  # K/V head g serves query heads g*group .. (g+1)*group - 1
             k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.unsqueeze(1),
-                                           dropout_p=self.dropout if self.training else 0.0)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask.unsqueeze(1), dropout_p=self.dropout if self.training else 0.0
+        )
         return self.out(y.transpose(1, 2).reshape(b, sq, self.n_heads * self.head_dim))

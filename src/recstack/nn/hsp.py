@@ -35,7 +35,7 @@ class SumKronLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(tokens, out_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        compressed = torch.einsum("ksm,bsd->bkmd", self.z, x)                 # [B, k, M, D]
+        compressed = torch.einsum("ksm,bsd->bkmd", self.z, x)  # [B, k, M, D]
         return torch.einsum("bkmd,kde->bme", compressed, self.w) + self.bias  # [B, M, E]
 
     def full_matrix(self) -> torch.Tensor:
@@ -46,8 +46,9 @@ class SumKronLinear(nn.Module):
 class HSP(nn.Module):
     """forward(x [B, T, D], valid [B, T] bool) -> [B, tokens, out_dim]; rows with no valid event pool zeros."""
 
-    def __init__(self, dim: int, heads: int, seeds: int, tokens: int, out_dim: int | None = None,
-                 rank: int = 2) -> None:
+    def __init__(
+        self, dim: int, heads: int, seeds: int, tokens: int, out_dim: int | None = None, rank: int = 2
+    ) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim {dim} is not divisible by heads {heads}")
@@ -64,9 +65,9 @@ class HSP(nn.Module):
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
         s, dh = self.seeds.shape[0], d // self.heads
-        q = self.q(self.seeds).view(s, self.heads, dh).transpose(0, 1)              # [H, S, Dh], batch-free
-        k, v = self.kv(x).view(b, t, 2, self.heads, dh).permute(2, 0, 3, 1, 4)     # [B, H, T, Dh]
-        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(dh)               # [B, H, S, T]
+        q = self.q(self.seeds).view(s, self.heads, dh).transpose(0, 1)  # [H, S, Dh], batch-free
+        k, v = self.kv(x).view(b, t, 2, self.heads, dh).permute(2, 0, 3, 1, 4)  # [B, H, T, Dh]
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(dh)  # [B, H, S, T]
         weights = masked_softmax(scores, valid[:, None, None, :])
         pooled = self.out(torch.matmul(weights, v).transpose(1, 2).reshape(b, s, d))  # [B, S, D]
         return self.compress(self.norm(self.seeds + pooled))

@@ -25,9 +25,17 @@ from torch import nn
 Normalization = Literal["max_len", "length", "causal"]
 
 
-def hstu_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
-                   rab: torch.Tensor | None = None, scale: float | torch.Tensor = 1.0,
-                   alpha: float = 1.0, dropout: float = 0.0, training: bool = False) -> torch.Tensor:
+def hstu_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor,
+    rab: torch.Tensor | None = None,
+    scale: float | torch.Tensor = 1.0,
+    alpha: float = 1.0,
+    dropout: float = 0.0,
+    training: bool = False,
+) -> torch.Tensor:
     """Pointwise (SiLU) attention.
 
     q, k:  [B, H, T, Dqk];  v: [B, H, T, Dv]
@@ -48,8 +56,9 @@ def hstu_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torc
     return torch.matmul(weights, v)
 
 
-def attention_scale(mask: torch.Tensor, normalization: Normalization, max_len: int | None = None
-                    ) -> float | torch.Tensor:
+def attention_scale(
+    mask: torch.Tensor, normalization: Normalization, max_len: int | None = None
+) -> float | torch.Tensor:
     """1 / N from a [B, T, T] causal mask of right-aligned rows (the last query sees every real item).
 
     "max_len" uses `max_len` (default T), so trimming left padding does not change the result.
@@ -68,9 +77,20 @@ class HSTUBlock(nn.Module):
     normalization "max_len" (default: the padded length T of each call).
     """
 
-    def __init__(self, dim: int, heads: int = 1, attention_dim: int = 32, linear_dim: int = 32,
-                 dropout: float = 0.2, attn_dropout: float = 0.0, normalization: Normalization = "max_len",
-                 input_norm: bool = True, alpha: float = 1.0, max_len: int | None = None, eps: float = 1e-6) -> None:
+    def __init__(
+        self,
+        dim: int,
+        heads: int = 1,
+        attention_dim: int = 32,
+        linear_dim: int = 32,
+        dropout: float = 0.2,
+        attn_dropout: float = 0.0,
+        normalization: Normalization = "max_len",
+        input_norm: bool = True,
+        alpha: float = 1.0,
+        max_len: int | None = None,
+        eps: float = 1e-6,
+    ) -> None:
         super().__init__()
         self.max_len = max_len
         self.heads, self.attention_dim, self.linear_dim = heads, attention_dim, linear_dim

@@ -27,8 +27,13 @@ def sliding_window_causal_mask(valid: torch.Tensor, window: int | None = None) -
     return window_mask(valid, window, causal=True)
 
 
-def hstu_target_mask(history_valid: torch.Tensor, target_valid: torch.Tensor, window: int | None = None,
-                     target_visible: torch.Tensor | None = None, target_self: bool = True) -> torch.Tensor:
+def hstu_target_mask(
+    history_valid: torch.Tensor,
+    target_valid: torch.Tensor,
+    window: int | None = None,
+    target_visible: torch.Tensor | None = None,
+    target_self: bool = True,
+) -> torch.Tensor:
     """history_valid [B, T], target_valid [B, M] bool -> [B, T + M, T + M].
 
     target_visible: [B, M, T] bool or None (= every history event); target_self: a target attends itself

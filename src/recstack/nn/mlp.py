@@ -6,7 +6,7 @@ after it); pass `out_dim=None` to end on the last hidden block instead.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -25,8 +25,15 @@ class MLP(nn.Module):
     layer_norm: LayerNorm before each hidden block's activation.
     """
 
-    def __init__(self, in_dim: int, hidden: Sequence[int] = (), out_dim: int | None = None,
-                 activation: str = "relu", dropout: float = 0.0, layer_norm: bool = False) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        hidden: Sequence[int] = (),
+        out_dim: int | None = None,
+        activation: str = "relu",
+        dropout: float = 0.0,
+        layer_norm: bool = False,
+    ) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ConfigError(f"activation {activation!r} is not one of {', '.join(ACTIVATIONS)}")

@@ -4,7 +4,7 @@ Mixture-of-Experts", KDD 2018): shared expert MLPs, one softmax gate per task mi
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -19,11 +19,19 @@ class MMoE(nn.Module):
     a linear map of x followed by a softmax over the experts.
     """
 
-    def __init__(self, in_dim: int, num_tasks: int, num_experts: int, hidden: Sequence[int],
-                 dropout: float = 0.0, activation: str = "relu") -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        num_tasks: int,
+        num_experts: int,
+        hidden: Sequence[int],
+        dropout: float = 0.0,
+        activation: str = "relu",
+    ) -> None:
         super().__init__()
-        self.experts = nn.ModuleList(MLP(in_dim, hidden, out_dim=None, activation=activation, dropout=dropout)
-                                     for _ in range(num_experts))
+        self.experts = nn.ModuleList(
+            MLP(in_dim, hidden, out_dim=None, activation=activation, dropout=dropout) for _ in range(num_experts)
+        )
         self.gates = nn.Linear(in_dim, num_tasks * num_experts)
         self.num_tasks, self.num_experts, self.out_dim = num_tasks, num_experts, hidden[-1]
 

@@ -110,9 +110,19 @@ class SparseMoE(nn.Module):
     `load` ([E], share of the token-expert assignments per expert).
     """
 
-    def __init__(self, dim: int, hidden: int, num_experts: int, top_k: int = 2, activation: str = "swiglu",
-                 shared_expert: bool = True, shared_hidden: int | None = None, renormalize: bool = True,
-                 gate_scale: float = 1.0, dispatch: str = "sort") -> None:
+    def __init__(
+        self,
+        dim: int,
+        hidden: int,
+        num_experts: int,
+        top_k: int = 2,
+        activation: str = "swiglu",
+        shared_expert: bool = True,
+        shared_hidden: int | None = None,
+        renormalize: bool = True,
+        gate_scale: float = 1.0,
+        dispatch: str = "sort",
+    ) -> None:
         super().__init__()
         if activation not in EXPERT_ACTIVATIONS:
             raise ConfigError(f"moe activation {activation!r} is not one of {', '.join(EXPERT_ACTIVATIONS)}")
@@ -137,8 +147,11 @@ class SparseMoE(nn.Module):
         if torch.is_grad_enabled():  # only a training step needs the auxiliary loss (decoding skips it)
             probs = torch.softmax(logits.float(), dim=-1)
             keep = mask.reshape(-1) if mask is not None else None
-            self.aux_loss = load_balancing_loss(probs[keep] if keep is not None else probs,
-                                                indices[keep] if keep is not None else indices, self.num_experts)
+            self.aux_loss = load_balancing_loss(
+                probs[keep] if keep is not None else probs,
+                indices[keep] if keep is not None else indices,
+                self.num_experts,
+            )
         self.load = torch.bincount(indices.reshape(-1), minlength=self.num_experts).float() / max(indices.numel(), 1)
         out = self._dense(flat, weights, indices) if self.dispatch == "dense" else self._sorted(flat, weights, indices)
         if self.shared is not None:
@@ -166,8 +179,8 @@ class SparseMoE(nn.Module):
         start = 0
         for e, n in enumerate(counts):  # loop over experts (E), each one batched over its tokens
             if n:
-                rows = token[start:start + n]
-                y = self.experts.one(e, x[rows]) * weights.reshape(-1)[order[start:start + n]].unsqueeze(-1)
+                rows = token[start : start + n]
+                y = self.experts.one(e, x[rows]) * weights.reshape(-1)[order[start : start + n]].unsqueeze(-1)
                 out.index_add_(0, rows, y)
             start += n
         return out

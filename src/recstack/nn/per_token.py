@@ -42,8 +42,9 @@ class RMSNorm(nn.Module):
 class PerTokenLinear(nn.Module):
     """x [..., T, in] -> [..., T, out] with weight [T, in, out] (one matrix per token, one einsum)."""
 
-    def __init__(self, tokens: int, in_dim: int, out_dim: int, bias: bool = True, shared: bool = False,
-                 init_scale: float = 1.0) -> None:
+    def __init__(
+        self, tokens: int, in_dim: int, out_dim: int, bias: bool = True, shared: bool = False, init_scale: float = 1.0
+    ) -> None:
         super().__init__()
         n, bound = 1 if shared else tokens, init_scale / math.sqrt(in_dim)
         self.tokens, self.shared = tokens, shared
@@ -74,8 +75,9 @@ class PerTokenSwiGLU(nn.Module):
 
     gate and up are one [T, D, 2h] einsum; no biases (Llama style); down-projection init x down_init."""
 
-    def __init__(self, tokens: int, dim: int, hidden: int, shared: bool = False, pre_norm: bool = True,
-                 down_init: float = 0.01) -> None:
+    def __init__(
+        self, tokens: int, dim: int, hidden: int, shared: bool = False, pre_norm: bool = True, down_init: float = 0.01
+    ) -> None:
         super().__init__()
         self.norm = RMSNorm(dim) if pre_norm else nn.Identity()
         self.gate_up = PerTokenLinear(tokens, dim, 2 * hidden, bias=False, shared=shared)
@@ -92,13 +94,14 @@ class PerTokenExperts(nn.Module):
     activation "swiglu": w_in [T, E, D, 2h] (gate | up), "gelu": w_in [T, E, D, h] + biases;
     w_out [T, E, h, D] with init x down_init."""
 
-    def __init__(self, tokens: int, num: int, dim: int, hidden: int, activation: str = "swiglu",
-                 down_init: float = 1.0) -> None:
+    def __init__(
+        self, tokens: int, num: int, dim: int, hidden: int, activation: str = "swiglu", down_init: float = 1.0
+    ) -> None:
         super().__init__()
         if activation not in ("swiglu", "gelu"):
             raise ConfigError(f"per-token expert activation must be 'swiglu' or 'gelu', got {activation!r}")
         self.activation, width = activation, (2 * hidden if activation == "swiglu" else hidden)
-        self.w_in = nn.Parameter(torch.empty(tokens, num, dim, width).uniform_(-dim ** -0.5, dim ** -0.5))
+        self.w_in = nn.Parameter(torch.empty(tokens, num, dim, width).uniform_(-(dim**-0.5), dim**-0.5))
         bound = down_init / math.sqrt(hidden)
         self.w_out = nn.Parameter(torch.empty(tokens, num, hidden, dim).uniform_(-bound, bound))
 
@@ -124,9 +127,20 @@ class PerTokenSparseMoE(nn.Module):
     (compute ~ k/E of dense; a loop over the T*E experts, never over rows). Both give the same output.
     """
 
-    def __init__(self, tokens: int, dim: int, hidden: int, num_experts: int, top_k: int, shared_expert: bool = True,
-                 gate_scale: float = 1.0, pre_norm: bool = True, down_init: float = 0.01,
-                 balance_weight: float = 0.0, dispatch: str = "dense") -> None:
+    def __init__(
+        self,
+        tokens: int,
+        dim: int,
+        hidden: int,
+        num_experts: int,
+        top_k: int,
+        shared_expert: bool = True,
+        gate_scale: float = 1.0,
+        pre_norm: bool = True,
+        down_init: float = 0.01,
+        balance_weight: float = 0.0,
+        dispatch: str = "dense",
+    ) -> None:
         super().__init__()
         if dispatch not in ("dense", "sort"):
             raise ConfigError(f"moe dispatch must be 'dense' or 'sort', got {dispatch!r}")
@@ -137,8 +151,9 @@ class PerTokenSparseMoE(nn.Module):
         self.norm = RMSNorm(dim) if pre_norm else nn.Identity()
         self.router = PerTokenLinear(tokens, dim, num_experts, bias=False)
         self.experts = PerTokenExperts(tokens, num_experts, dim, hidden, "swiglu", down_init)
-        self.shared = (PerTokenSwiGLU(tokens, dim, hidden, pre_norm=False, down_init=down_init)
-                       if shared_expert else None)
+        self.shared = (
+            PerTokenSwiGLU(tokens, dim, hidden, pre_norm=False, down_init=down_init) if shared_expert else None
+        )
         self.aux_loss = torch.zeros(())
         self.gates = torch.zeros(0)
         self.load = torch.zeros(tokens, num_experts)
@@ -172,14 +187,14 @@ class PerTokenSparseMoE(nn.Module):
         expert = (position.unsqueeze(1) * e + indices).reshape(-1)  # [N*T*k] in 0..T*E-1
         order = torch.argsort(expert, stable=True)
         rows, w = order // k, weights.reshape(-1)[order].unsqueeze(-1)
-        w_in = self.experts.w_in.reshape(tokens * e, *self.experts.w_in.shape[2:])    # [T*E, D, 2h]
+        w_in = self.experts.w_in.reshape(tokens * e, *self.experts.w_in.shape[2:])  # [T*E, D, 2h]
         w_out = self.experts.w_out.reshape(tokens * e, *self.experts.w_out.shape[2:])  # [T*E, h, D]
         out, start = torch.zeros_like(flat), 0
         for g, count in enumerate(torch.bincount(expert, minlength=tokens * e).tolist()):  # loop over T*E experts
             if count:
-                r = rows[start:start + count]
+                r = rows[start : start + count]
                 gate, up = (flat[r] @ w_in[g]).chunk(2, dim=-1)
-                out.index_add_(0, r, (F.silu(gate) * up) @ w_out[g] * w[start:start + count])
+                out.index_add_(0, r, (F.silu(gate) * up) @ w_out[g] * w[start : start + count])
             start += count
         return out.view_as(n)
 
@@ -199,8 +214,17 @@ class PerTokenReLUMoE(nn.Module):
     with (G_train + G_infer) / 2 [I], inference uses G_infer alone. Experts are GELU FFNs (hidden each).
     """
 
-    def __init__(self, tokens: int, dim: int, hidden: int, num_experts: int, budget: float = 0.25,
-                 l1_coef: float = 1e-3, adapt_rate: float = 0.01, dtsi: bool = True) -> None:
+    def __init__(
+        self,
+        tokens: int,
+        dim: int,
+        hidden: int,
+        num_experts: int,
+        budget: float = 0.25,
+        l1_coef: float = 1e-3,
+        adapt_rate: float = 0.01,
+        dtsi: bool = True,
+    ) -> None:
         super().__init__()
         self.budget, self.adapt_rate = budget, adapt_rate
         self.router = PerTokenLinear(tokens, dim, num_experts)

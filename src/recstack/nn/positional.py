@@ -61,8 +61,14 @@ class RelativeAttentionBias(nn.Module):
     use_position / use_time switch each part off (no time part for order-only timestamps).
     """
 
-    def __init__(self, max_len: int, num_time_buckets: int = 128, use_position: bool = True,
-                 use_time: bool = True, time_scale: float = 0.301) -> None:
+    def __init__(
+        self,
+        max_len: int,
+        num_time_buckets: int = 128,
+        use_position: bool = True,
+        use_time: bool = True,
+        time_scale: float = 0.301,
+    ) -> None:
         super().__init__()
         self.max_len, self.num_time_buckets, self.time_scale = max_len, num_time_buckets, time_scale
         self.position = nn.Parameter(torch.zeros(max_len)) if use_position else None

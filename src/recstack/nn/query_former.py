@@ -55,8 +55,9 @@ class CrossAttention(nn.Module):
             mask = mask.unsqueeze(1) if mask.dim() == 2 else mask  # [B, M|1, T]
             any_key = mask.any(-1, keepdim=True)  # [B, M|1, 1]
             attn_mask = (mask | ~any_key).unsqueeze(1)  # rows without keys attend to all; zeroed below
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+        )
         y = y.transpose(1, 2).reshape(b, m, d)
         if mask is not None:
             y = y * any_key.to(y.dtype)
@@ -70,10 +71,13 @@ class CrossAttention(nn.Module):
 class QueryFormerLayer(nn.Module):
     """Queries [B, M, D] <- (self-attention) <- cross-attention to x [B, T, Dkv] <- FFN; pre-LN residuals."""
 
-    def __init__(self, dim: int, heads: int, ffn_dim: int, kv_dim: int | None, self_attention: bool,
-                 dropout: float) -> None:
+    def __init__(
+        self, dim: int, heads: int, ffn_dim: int, kv_dim: int | None, self_attention: bool, dropout: float
+    ) -> None:
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True) if self_attention else None
+        self.self_attn = (
+            nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True) if self_attention else None
+        )
         self.norm_self = nn.LayerNorm(dim) if self_attention else None
         self.norm_q, self.norm_kv = nn.LayerNorm(dim), nn.LayerNorm(kv_dim or dim)
         self.cross = CrossAttention(dim, heads, kv_dim, dropout)
@@ -97,15 +101,25 @@ class QueryFormer(nn.Module):
     every layer (BLIP-2) or only read the sequence. Padding positions never influence the output.
     """
 
-    def __init__(self, dim: int, num_queries: int, heads: int, layers: int = 1, ffn_dim: int | None = None,
-                 kv_dim: int | None = None, self_attention: bool = True, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_queries: int,
+        heads: int,
+        layers: int = 1,
+        ffn_dim: int | None = None,
+        kv_dim: int | None = None,
+        self_attention: bool = True,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         if num_queries <= 0 or layers <= 0:
             raise ConfigError(f"QueryFormer needs num_queries > 0 and layers > 0, got {num_queries}, {layers}")
         self.num_queries = num_queries
         self.queries = nn.Parameter(torch.randn(num_queries, dim) * 0.02)
-        self.layers = nn.ModuleList(QueryFormerLayer(dim, heads, ffn_dim or 4 * dim, kv_dim, self_attention, dropout)
-                                    for _ in range(layers))
+        self.layers = nn.ModuleList(
+            QueryFormerLayer(dim, heads, ffn_dim or 4 * dim, kv_dim, self_attention, dropout) for _ in range(layers)
+        )
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -29,8 +29,13 @@ def block_ids(base_len: int, block_size: int, num_blocks: int, device: torch.dev
     return torch.cat([torch.zeros(base_len, dtype=torch.long, device=device), blocks])
 
 
-def block_causal_mask(base_len: int, block_size: int, num_blocks: int, key_valid: torch.Tensor | None = None,
-                      device: torch.device | None = None) -> torch.Tensor:
+def block_causal_mask(
+    base_len: int,
+    block_size: int,
+    num_blocks: int,
+    key_valid: torch.Tensor | None = None,
+    device: torch.device | None = None,
+) -> torch.Tensor:
     """[T, T] bool (T = base_len + num_blocks * block_size), or [B, T, T] when key_valid [B, T] is given:
     query q may attend key k iff block(k) <= block(q) and k is a real token; always q == k."""
     ids = block_ids(base_len, block_size, num_blocks, device if key_valid is None else key_valid.device)
@@ -73,12 +78,22 @@ class BlockReasoner(nn.Module):
     paper's KV caching); False re-encodes [base; blocks 1..k] each step (reference path, same outputs).
     """
 
-    def __init__(self, dim: int, layers: int, heads: int, ffn_dim: int, steps: int, dropout: float = 0.0,
-                 feedback_norm: bool = True, kv_cache: bool = True) -> None:
+    def __init__(
+        self,
+        dim: int,
+        layers: int,
+        heads: int,
+        ffn_dim: int,
+        steps: int,
+        dropout: float = 0.0,
+        feedback_norm: bool = True,
+        kv_cache: bool = True,
+    ) -> None:
         super().__init__()
         self.steps, self.feedback_norm, self.kv_cache = steps, feedback_norm, kv_cache
-        self.layers = nn.ModuleList(TransformerBlock(dim, heads, ffn_dim, dropout, norm_first=True, eps=1e-6)
-                                    for _ in range(layers))
+        self.layers = nn.ModuleList(
+            TransformerBlock(dim, heads, ffn_dim, dropout, norm_first=True, eps=1e-6) for _ in range(layers)
+        )
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.rpe = ReasoningPositionEmbedding(steps, dim) if steps > 0 else None
 
@@ -88,8 +103,9 @@ class BlockReasoner(nn.Module):
             mask = mask & slot_mask(torch.cat([slots] + [torch.arange(m, device=slots.device)] * k))
         return mask
 
-    def _layer(self, layer: TransformerBlock, x: torch.Tensor, mask: torch.Tensor,
-               cache: list[torch.Tensor] | None) -> torch.Tensor:
+    def _layer(
+        self, layer: TransformerBlock, x: torch.Tensor, mask: torch.Tensor, cache: list[torch.Tensor] | None
+    ) -> torch.Tensor:
         """One pre-LN block for the queries x [B, t, D] against cache keys/values + their own; mask [B, t, T]."""
         attn, (b, t, d) = layer.attn, x.shape
         q, k, v = attn.qkv(layer.norm1(x)).view(b, t, 3, attn.heads, d // attn.heads).permute(2, 0, 3, 1, 4)
@@ -97,13 +113,15 @@ class BlockReasoner(nn.Module):
             if cache:
                 k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)
             cache[:] = [k, v]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.unsqueeze(1),
-                                           dropout_p=attn.dropout if self.training else 0.0)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask.unsqueeze(1), dropout_p=attn.dropout if self.training else 0.0
+        )
         x = x + layer.drop(attn.out(y.transpose(1, 2).reshape(b, t, d)))
         return x + layer.ffn(layer.norm2(x))
 
-    def forward(self, base: torch.Tensor, base_valid: torch.Tensor, block_valid: torch.Tensor,
-                slots: torch.Tensor | None = None) -> list[torch.Tensor]:
+    def forward(
+        self, base: torch.Tensor, base_valid: torch.Tensor, block_valid: torch.Tensor, slots: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
         base_len, m = base.shape[1], block_valid.shape[1]
         caches: list[list[torch.Tensor]] = [[] for _ in self.layers]
         blocks: list[torch.Tensor] = []

@@ -24,8 +24,9 @@ import torch
 RotePhase = Literal["age", "gap"]
 
 
-def rote_phases(valid: torch.Tensor, history_time: torch.Tensor | None, time_scale: float = 3600.0,
-                mode: RotePhase = "age") -> torch.Tensor:
+def rote_phases(
+    valid: torch.Tensor, history_time: torch.Tensor | None, time_scale: float = 3600.0, mode: RotePhase = "age"
+) -> torch.Tensor:
     """valid [B, T] bool, history_time [B, T] seconds before the request (or None) -> phases [B, T] float.
 
     Padding slots get phase 0 (their outputs are ignored). Negative times are clamped to 0.
@@ -55,5 +56,5 @@ def rotate(x: torch.Tensor, phases: torch.Tensor, base: float = 10000.0) -> torc
     freqs = base ** (-torch.arange(0, d // 2, device=x.device, dtype=torch.float32) * 2 / d)  # [D/2]
     angles = phases.float().unsqueeze(-1) * freqs  # [B, T, D/2]
     cos, sin = angles.cos().unsqueeze(1).to(x.dtype), angles.sin().unsqueeze(1).to(x.dtype)  # [B, 1, T, D/2]
-    x1, x2 = x[..., : d // 2], x[..., d // 2:]
+    x1, x2 = x[..., : d // 2], x[..., d // 2 :]
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)

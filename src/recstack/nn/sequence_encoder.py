@@ -26,10 +26,20 @@ class CausalSequenceEncoder(nn.Module):
     positions:       "learned" absolute positions (count_from "end" or "start"), or "none".
     """
 
-    def __init__(self, num_items: int, dim: int, max_len: int, blocks: list[nn.Module], dropout: float = 0.2,
-                 positions: Literal["learned", "none"] = "learned", count_from: Literal["end", "start"] = "end",
-                 scale_embedding: bool = True, final_norm: bool = True,
-                 relative_bias: RelativeAttentionBias | None = None, init_std: float = 0.02) -> None:
+    def __init__(
+        self,
+        num_items: int,
+        dim: int,
+        max_len: int,
+        blocks: list[nn.Module],
+        dropout: float = 0.2,
+        positions: Literal["learned", "none"] = "learned",
+        count_from: Literal["end", "start"] = "end",
+        scale_embedding: bool = True,
+        final_norm: bool = True,
+        relative_bias: RelativeAttentionBias | None = None,
+        init_std: float = 0.02,
+    ) -> None:
         super().__init__()
         self.dim, self.max_len = dim, max_len
         self.embed_scale = math.sqrt(dim) if scale_embedding else 1.0

@@ -48,8 +48,9 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
     return torch.matmul(masked_softmax(scores, mask.unsqueeze(1)), v)
 
 
-def sliding_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor,
-                             window: int, causal: bool = True) -> torch.Tensor:
+def sliding_window_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor, window: int, causal: bool = True
+) -> torch.Tensor:
     """q, k, v [B, H, T, Dh]; valid [B, T] bool -> [B, H, T, Dh]; equals dense_attention with window_mask.
 
     When the window covers the whole sequence the dense path is cheaper and is used instead.
@@ -77,8 +78,9 @@ class SlidingWindowSelfAttention(nn.Module):
     window None: full attention (dense); else the unfold path above.
     """
 
-    def __init__(self, dim: int, heads: int, window: int | None, causal: bool = True,
-                 rope_base: float = 10000.0) -> None:
+    def __init__(
+        self, dim: int, heads: int, window: int | None, causal: bool = True, rope_base: float = 10000.0
+    ) -> None:
         super().__init__()
         if dim % heads or (dim // heads) % 2:
             raise ValueError(f"dim {dim} must split into {heads} heads of even width")

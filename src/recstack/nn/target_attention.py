@@ -9,7 +9,7 @@ public code), and the activation is a plain one from `nn/mlp.py` (not Dice).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -21,8 +21,9 @@ from recstack.nn.mlp import MLP
 class TargetAttention(nn.Module):
     """(query [N, D], keys [N, T, D], mask [N, T] bool: True = real item) -> [N, D]."""
 
-    def __init__(self, dim: int, hidden: Sequence[int] = (36,), activation: str = "relu",
-                 softmax: bool = False) -> None:
+    def __init__(
+        self, dim: int, hidden: Sequence[int] = (36,), activation: str = "relu", softmax: bool = False
+    ) -> None:
         super().__init__()
         self.score = MLP(4 * dim, hidden, out_dim=1, activation=activation)
         self.softmax = softmax
@@ -31,9 +32,12 @@ class TargetAttention(nn.Module):
         """[N, T] = MLP([q, k, q - k, q * k]), with the first layer split by input block so that the
         [N, T, 4D] concatenation is never built: W [q; k; q-k; q*k] = (Wq + Wd) q + (Wk - Wd) k + Wp (q*k)."""
         first, rest = self.score.layers[0], self.score.layers[1:]
-        w_q, w_k, w_d, w_p = first.weight.split(query.shape[-1], dim=1)          # [H, D] each
-        hidden = (F.linear(query, w_q + w_d, first.bias).unsqueeze(1)            # [N, 1, H]
-                  + F.linear(keys, w_k - w_d) + F.linear(query.unsqueeze(1) * keys, w_p))  # [N, T, H]
+        w_q, w_k, w_d, w_p = first.weight.split(query.shape[-1], dim=1)  # [H, D] each
+        hidden = (
+            F.linear(query, w_q + w_d, first.bias).unsqueeze(1)  # [N, 1, H]
+            + F.linear(keys, w_k - w_d)
+            + F.linear(query.unsqueeze(1) * keys, w_p)
+        )  # [N, T, H]
         return rest(hidden).squeeze(-1)
 
     def weights(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ block (§2.4). Tokens x [N, T, D]; H heads of width D/H.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -59,8 +59,9 @@ class RankMixerBlock(nn.Module):
 class MixRevertBlock(nn.Module):
     """TokenMixer-Large block: [N, T, D] -> [N, T, D] (see the module docstring for `mode`)."""
 
-    def __init__(self, tokens: int, dim: int, heads: int, make_ffn: Callable[[int, int], nn.Module],
-                 mode: str = "mix_revert") -> None:
+    def __init__(
+        self, tokens: int, dim: int, heads: int, make_ffn: Callable[[int, int], nn.Module], mode: str = "mix_revert"
+    ) -> None:
         super().__init__()
         if mode not in MIX_MODES:
             raise ConfigError(f"token_mixing must be one of {', '.join(MIX_MODES)}, got {mode!r}")

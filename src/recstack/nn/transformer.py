@@ -26,8 +26,9 @@ KV = tuple[torch.Tensor, torch.Tensor]
 class Attention(nn.Module):
     """Multi-head softmax attention with separate query and key/value inputs."""
 
-    def __init__(self, dim: int, heads: int, head_dim: int | None = None, dropout: float = 0.0,
-                 bias: bool = True) -> None:
+    def __init__(
+        self, dim: int, heads: int, head_dim: int | None = None, dropout: float = 0.0, bias: bool = True
+    ) -> None:
         super().__init__()
         self.heads = heads
         self.head_dim = head_dim or dim // heads
@@ -43,13 +44,19 @@ class Attention(nn.Module):
         k, v = self.kv(kv).view(b, s, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         return k, v
 
-    def forward(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
         """x [B, T, D]; keys/values [B, H, S, E]; mask [B, T, S] or [B, 1, S] bool -> [B, T, D]."""
         b, t, _ = x.shape
         q = self.q(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=None if mask is None else mask.unsqueeze(1),
-                                           dropout_p=self.dropout if self.training else 0.0)
+        y = F.scaled_dot_product_attention(
+            q,
+            keys,
+            values,
+            attn_mask=None if mask is None else mask.unsqueeze(1),
+            dropout_p=self.dropout if self.training else 0.0,
+        )
         return self.out(y.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -58,8 +65,9 @@ class EncoderLayer(nn.Module):
 
     Every query needs at least one key it may attend to (else softmax gives NaN)."""
 
-    def __init__(self, dim: int, heads: int, head_dim: int | None, ffn_dim: int, dropout: float = 0.1,
-                 activation: str = "relu") -> None:
+    def __init__(
+        self, dim: int, heads: int, head_dim: int | None, ffn_dim: int, dropout: float = 0.1, activation: str = "relu"
+    ) -> None:
         super().__init__()
         self.attn = Attention(dim, heads, head_dim, dropout)
         self.ffn = PointwiseFeedForward(dim, ffn_dim, dropout, activation)
@@ -83,8 +91,9 @@ class DecoderLayer(nn.Module):
     memory is never copied per beam (the queries of a user's beams are attended together).
     """
 
-    def __init__(self, dim: int, heads: int, head_dim: int | None, ffn_dim: int, dropout: float = 0.1,
-                 activation: str = "relu") -> None:
+    def __init__(
+        self, dim: int, heads: int, head_dim: int | None, ffn_dim: int, dropout: float = 0.1, activation: str = "relu"
+    ) -> None:
         super().__init__()
         self.self_attn = Attention(dim, heads, head_dim, dropout)
         self.cross_attn = Attention(dim, heads, head_dim, dropout)
@@ -96,8 +105,9 @@ class DecoderLayer(nn.Module):
         """Encoder output [B, S, D] -> cross-attention keys / values, computed once per user."""
         return self.cross_attn.project_kv(memory)
 
-    def forward(self, x: torch.Tensor, memory: KV, memory_mask: torch.Tensor,
-                past: KV | None = None) -> tuple[torch.Tensor, KV]:
+    def forward(
+        self, x: torch.Tensor, memory: KV, memory_mask: torch.Tensor, past: KV | None = None
+    ) -> tuple[torch.Tensor, KV]:
         t = x.shape[1]
         h = self.norm1(x)
         keys, values = self.self_attn.project_kv(h)

@@ -31,8 +31,16 @@ class WukongMoE(nn.Module):
     half of n_out, the rest from the LCB).
     """
 
-    def __init__(self, n_in: int, n_out: int, dim: int, experts: int = 2, rank: int = 4, hidden: int = 64,
-                 fm_tokens: int | None = None) -> None:
+    def __init__(
+        self,
+        n_in: int,
+        n_out: int,
+        dim: int,
+        experts: int = 2,
+        rank: int = 4,
+        hidden: int = 64,
+        fm_tokens: int | None = None,
+    ) -> None:
         super().__init__()
         n_fm = (n_out + 1) // 2 if fm_tokens is None else fm_tokens
         if not 0 <= n_fm <= n_out or experts < 1:
@@ -49,11 +57,11 @@ class WukongMoE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
-        projected = torch.einsum("bnd,enr->bedr", x, self.y)                     # Xᵀ Y per expert [B, E, D, r]
-        fm = torch.einsum("bmd,bedr->bemr", x, projected).flatten(2)              # X (Xᵀ Y) [B, E, n_in·r]
+        projected = torch.einsum("bnd,enr->bedr", x, self.y)  # Xᵀ Y per expert [B, E, D, r]
+        fm = torch.einsum("bmd,bedr->bemr", x, projected).flatten(2)  # X (Xᵀ Y) [B, E, n_in·r]
         h = torch.relu(torch.einsum("bei,eih->beh", self.norm(fm), self.w1) + self.b1)
         fm_tokens = (torch.einsum("beh,eho->beo", h, self.w2) + self.b2).view(b, -1, self.n_fm, self.dim)
-        lcb_tokens = torch.einsum("eon,bnd->beod", self.lcb, x)                   # [B, E, n_out − n_fm, D]
-        experts = torch.cat([fm_tokens, lcb_tokens], dim=2)                        # [B, E, n_out, D]
-        gate = torch.softmax(self.gate(x.mean(1)), dim=-1)                        # [B, E]
+        lcb_tokens = torch.einsum("eon,bnd->beod", self.lcb, x)  # [B, E, n_out − n_fm, D]
+        experts = torch.cat([fm_tokens, lcb_tokens], dim=2)  # [B, E, n_out, D]
+        gate = torch.softmax(self.gate(x.mean(1)), dim=-1)  # [B, E]
         return torch.einsum("be,beod->bod", gate, experts)

@@ -41,9 +41,12 @@ class PageConfig:
             raise ConfigError("page.tune needs a non-empty page.tune_grid and page.tune_rounds >= 1")
 
 
-def fuse_scores(scores: dict[str, torch.Tensor], weights: dict[str, float],
-                candidates: Candidates | None = None, channel_weights: dict[str, float] | None = None
-                ) -> torch.Tensor:
+def fuse_scores(
+    scores: dict[str, torch.Tensor],
+    weights: dict[str, float],
+    candidates: Candidates | None = None,
+    channel_weights: dict[str, float] | None = None,
+) -> torch.Tensor:
     """[B, K] weighted sum of per-task scores (+ weighted channel evidence); unknown names are an error."""
     if not scores:
         raise ConfigError("fuse_scores: the ranker returned no task scores")
@@ -63,8 +66,9 @@ def channel_evidence(candidates: Candidates, channel_weights: dict[str, float]) 
     """[B, K] sum_c w_c * candidates.channel_scores[..., c]."""
     unknown = sorted(set(channel_weights) - set(candidates.channel_names))
     if unknown:
-        raise ConfigError(f"page.channel_weights names channel {unknown[0]!r}; channels: "
-                          f"{', '.join(candidates.channel_names)}")
+        raise ConfigError(
+            f"page.channel_weights names channel {unknown[0]!r}; channels: {', '.join(candidates.channel_names)}"
+        )
     weights = torch.tensor([float(channel_weights.get(n, 0.0)) for n in candidates.channel_names])
     return candidates.channel_scores @ weights
 
@@ -75,12 +79,21 @@ def arrange_page(candidates: Candidates, fused: torch.Tensor, k: int) -> Page:
     k = min(k, candidates.k)
     top_scores, order = torch.topk(fused, k, dim=1)
     items = candidates.items.gather(1, order)
-    return Page(items=items, scores=top_scores, channels=candidates.channels.gather(1, order),
-                channel_names=list(candidates.channel_names))
+    return Page(
+        items=items,
+        scores=top_scores,
+        channels=candidates.channels.gather(1, order),
+        channel_names=list(candidates.channel_names),
+    )
 
 
-def tune_page_weights(candidates: Candidates, ranker_scores: dict[str, torch.Tensor], task_weights: dict[str, float],
-                      targets: Jagged, config: PageConfig) -> dict[str, object]:
+def tune_page_weights(
+    candidates: Candidates,
+    ranker_scores: dict[str, torch.Tensor],
+    task_weights: dict[str, float],
+    targets: Jagged,
+    config: PageConfig,
+) -> dict[str, object]:
     """Channel weights maximising page NDCG@k on held-out targets (one row per candidate row).
 
     Coordinate ascent: `tune_rounds` passes over the channels, each trying every grid value for one

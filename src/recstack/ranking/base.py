@@ -38,18 +38,29 @@ from recstack.ranking.features import FeatureConfig, FeatureEncoder, FeatureSche
 from recstack.ranking.heads import multitask_bce, probabilities
 from recstack.ranking.samples import SampleBuilder, SampleConfig, Samples
 from recstack.registry import add_plugin_modules, load_saved_config
-from recstack.train import (CallableBatchSource, Trainer, TrainConfig, TrainResult, load_weights, move_to_device,
-                            save_weights, seed_everything)
+from recstack.train import (
+    CallableBatchSource,
+    TrainConfig,
+    Trainer,
+    TrainResult,
+    load_weights,
+    move_to_device,
+    save_weights,
+    seed_everything,
+)
 
-add_plugin_modules("ranker", [
-    "recstack.ranking.models.dcn_din_mmoe",
-    "recstack.ranking.models.mtfm",
-    "recstack.ranking.models.hstu_ranker",
-    "recstack.ranking.models.rankmixer",
-    "recstack.ranking.models.tokenmixer_large",
-    "recstack.ranking.models.kunlun",
-    "recstack.ranking.models.onepiece",
-])
+add_plugin_modules(
+    "ranker",
+    [
+        "recstack.ranking.models.dcn_din_mmoe",
+        "recstack.ranking.models.mtfm",
+        "recstack.ranking.models.hstu_ranker",
+        "recstack.ranking.models.rankmixer",
+        "recstack.ranking.models.tokenmixer_large",
+        "recstack.ranking.models.kunlun",
+        "recstack.ranking.models.onepiece",
+    ],
+)
 
 
 def _ranker_train() -> TrainConfig:
@@ -67,7 +78,7 @@ class RankerConfig:
     features: FeatureConfig = field(default_factory=FeatureConfig)
     task_weights: dict[str, float] = field(default_factory=dict)  # loss weight per task (default 1)
     device: str = "cpu"
-    score_rows: int = 16384            # (user, item) pairs per forward pass in score / evaluation
+    score_rows: int = 16384  # (user, item) pairs per forward pass in score / evaluation
     train: TrainConfig = field(default_factory=_ranker_train)
     # User-level multi-scenario aggregation (MTFM / MTGR): a training batch holds whole groups = a user's
     # samples whose request times share a window of `aggregate_window` seconds, across scenarios, and the
@@ -101,7 +112,7 @@ class Ranker:
         self.tasks: list[str] = []
         self.history_label: str | None = None
         self.positive_only = False
-        self.event_labels: list[str] = []     # funnel order of history_event codes (ranking/samples.py)
+        self.event_labels: list[str] = []  # funnel order of history_event codes (ranking/samples.py)
         self.time_scale: float | None = None  # seconds per timestamp unit; None = no time inputs
         self.train_result: TrainResult | None = None
 
@@ -113,7 +124,7 @@ class Ranker:
         return "like" if "like" in self.tasks else self.tasks[0]
 
     # ---- training ---------------------------------------------------------------------------------
-    def fit(self, dataset: Dataset, candidates: Candidates | None = None) -> "Ranker":
+    def fit(self, dataset: Dataset, candidates: Candidates | None = None) -> Ranker:
         """candidates: retrieved items for users 1..num_users in order (history before "valid"), or None."""
         cfg = self.config
         builder = SampleBuilder(dataset, cfg.samples)
@@ -123,8 +134,9 @@ class Ranker:
             raise ConfigError(f"aggregate_window must be > 0 seconds, got {cfg.aggregate_window!r}")
         unknown = sorted(set(cfg.task_weights) - set(self.tasks))
         if unknown:
-            raise ConfigError(f"task_weights: {unknown[0]!r} is not a task of {dataset.name}; "
-                              f"tasks: {', '.join(self.tasks)}")
+            raise ConfigError(
+                f"task_weights: {unknown[0]!r} is not a task of {dataset.name}; tasks: {', '.join(self.tasks)}"
+            )
         seed_everything(cfg.train.seed)  # the initial weights depend on the seed only
         self.schema, tables = build_schema(dataset, cfg.features)
         self.model = self.build_model(self.schema)
@@ -139,8 +151,9 @@ class Ranker:
         # "auto", or TrainConfig's generic default (a retrieval metric: a YAML `train:` block rebuilds it).
         if train_config.monitor in ("auto", TrainConfig.monitor):
             train_config = dataclasses.replace(train_config, monitor=f"{self.primary_task}/auc")
-        trainer = Trainer(self.model, train_config, self._train_source(builder, train, candidates), evaluate,
-                          device=cfg.device)
+        trainer = Trainer(
+            self.model, train_config, self._train_source(builder, train, candidates), evaluate, device=cfg.device
+        )
         self.train_result = trainer.fit()
         return self
 
@@ -149,8 +162,9 @@ class Ranker:
         """Seconds of the user-level aggregation window, or None without aggregation."""
         return self.config.aggregate_window if self.config.aggregate_users else None
 
-    def _train_source(self, builder: SampleBuilder, train: Samples,
-                      candidates: Candidates | None) -> CallableBatchSource:
+    def _train_source(
+        self, builder: SampleBuilder, train: Samples, candidates: Candidates | None
+    ) -> CallableBatchSource:
         cfg, max_history, window = self.config, self.config.samples.max_history, self.group_window
         n = cfg.samples.negatives_per_positive
         collate: Any = lambda rows: train.inputs(max_history, rows, window)  # noqa: E731
@@ -161,15 +175,17 @@ class Ranker:
             rows_per_batch = max(1, cfg.train.batch_size // (1 + n))
 
             def collate(rows: torch.Tensor) -> dict[str, Any]:  # fresh negatives every batch
-                return builder.with_negatives(train.select(rows), n, consumed, pool).inputs(max_history,
-                                                                                          group_window=window)
+                return builder.with_negatives(train.select(rows), n, consumed, pool).inputs(
+                    max_history, group_window=window
+                )
 
         if window is None:
             return CallableBatchSource(len(train), collate, rows_per_batch, shuffle=True, seed=cfg.train.seed)
         groups = train.group_rows(window)  # batches of whole groups, about rows_per_batch rows each
         per_batch = max(1, round(rows_per_batch * groups.num_rows / len(train)))
-        return CallableBatchSource(groups.num_rows, lambda g: collate(groups.select(g).values), per_batch,
-                                   shuffle=True, seed=cfg.train.seed)
+        return CallableBatchSource(
+            groups.num_rows, lambda g: collate(groups.select(g).values), per_batch, shuffle=True, seed=cfg.train.seed
+        )
 
     # ---- inference ----------------------------------------------------------------------------------
     def _require_model(self) -> RankingModel:
@@ -188,9 +204,10 @@ class Ranker:
 
     def evaluate_samples(self, samples: Samples) -> dict[str, float]:
         chunk, max_history = self.config.score_rows, self.config.samples.max_history
-        parts = [self.predict(samples.inputs(max_history, torch.arange(s, min(s + chunk, len(samples))),
-                                             self.group_window))
-                 for s in range(0, len(samples), chunk)]
+        parts = [
+            self.predict(samples.inputs(max_history, torch.arange(s, min(s + chunk, len(samples))), self.group_window))
+            for s in range(0, len(samples), chunk)
+        ]
         probs = {t: torch.cat([p[t] for p in parts]) for t in self.tasks}
         return pointwise_metrics(samples.labels, probs, samples.users)
 
@@ -203,8 +220,12 @@ class Ranker:
         carries "timestamp": request_time [B] (batch.time, else one unit after the user's latest event) and history_time
         [B, T]; history_event [B, T] from the label features the batch carries (a missing `history_label`
         counts as positive: history events are its positives)."""
-        history, label, feats, t = batch.history, self.history_label, batch.history_features, \
-            self.config.samples.max_history
+        history, label, feats, t = (
+            batch.history,
+            self.history_label,
+            batch.history_features,
+            self.config.samples.max_history,
+        )
         keep = feats[label].reshape(-1) == 1 if label is not None and label in feats else None
         rows = history.row_ids()
         lengths = history.lengths() if keep is None else torch.bincount(rows[keep], minlength=history.num_rows)
@@ -216,8 +237,14 @@ class Ranker:
         out = {"history": padded(history.values).long()}
         if self.time_scale is not None and "timestamp" in feats:
             stamps = feats["timestamp"].reshape(-1).long()
-            now = batch.time.long() if batch.time is not None else 1 + torch.zeros(history.num_rows, dtype=torch.long) \
-                .scatter_reduce(0, rows, stamps, "amax", include_self=False)  # the request follows the events
+            now = (
+                batch.time.long()
+                if batch.time is not None
+                else 1
+                + torch.zeros(history.num_rows, dtype=torch.long).scatter_reduce(
+                    0, rows, stamps, "amax", include_self=False
+                )
+            )  # the request follows the events
             age = (now.unsqueeze(1) - padded(stamps)).clamp(min=0).double() * self.time_scale
             out["request_time"] = now.double() * self.time_scale
             out["history_time"] = age.float().masked_fill(~valid, 0.0)
@@ -243,14 +270,21 @@ class Ranker:
         step = max(1, self.config.score_rows // k)
         for start in range(0, b, step):  # chunks of users: each forward pass sees <= score_rows pairs
             stop = min(start + step, b)
-            inputs = {"users": batch.users[start:stop].long().repeat_interleave(k),
-                      "items": items[start:stop].reshape(-1),
-                      **{key: value[start:stop].repeat_interleave(k, dim=0) for key, value in per_user.items()}}
+            inputs = {
+                "users": batch.users[start:stop].long().repeat_interleave(k),
+                "items": items[start:stop].reshape(-1),
+                **{key: value[start:stop].repeat_interleave(k, dim=0) for key, value in per_user.items()},
+            }
             if self.group_window is not None:  # each user's K candidates form one group
                 inputs["group"] = torch.arange(stop - start).repeat_interleave(k)
                 inputs["group_offset"] = torch.zeros((stop - start) * k)
-                inputs.update({f"group_{key}": per_user[key][start:stop]
-                               for key in ("history", "history_time", "history_event") if key in per_user})
+                inputs.update(
+                    {
+                        f"group_{key}": per_user[key][start:stop]
+                        for key in ("history", "history_time", "history_event")
+                        if key in per_user
+                    }
+                )
                 if "group_history_time" not in inputs:  # no timestamps: the age in steps (T - column)
                     grid = inputs["group_history"]
                     steps = torch.arange(grid.shape[1], 0, -1, dtype=torch.float32)
@@ -269,17 +303,23 @@ class Ranker:
         model, path = self._require_model(), Path(path)
         path.mkdir(parents=True, exist_ok=True)
         save_weights(model, path / "model.safetensors")
-        meta = {"name": self.name, "config": to_dict(self.config), "tasks": self.tasks,
-                "history_label": self.history_label, "positive_only": self.positive_only,
-                "event_labels": self.event_labels, "time_scale": self.time_scale,
-                "schema": self.schema.to_json() if self.schema else None,
-                "train_result": to_dict(self.train_result) if self.train_result is not None else None}
+        meta = {
+            "name": self.name,
+            "config": to_dict(self.config),
+            "tasks": self.tasks,
+            "history_label": self.history_label,
+            "positive_only": self.positive_only,
+            "event_labels": self.event_labels,
+            "time_scale": self.time_scale,
+            "schema": self.schema.to_json() if self.schema else None,
+            "train_result": to_dict(self.train_result) if self.train_result is not None else None,
+        }
         tmp = path / "config.json.tmp"
         tmp.write_text(json.dumps(meta, indent=1, default=_json_default))
         tmp.replace(path / "config.json")
 
     @staticmethod
-    def load(path: str | Path) -> "Ranker":
+    def load(path: str | Path) -> Ranker:
         path = Path(path)
         entry, config, meta = load_saved_config(path, "ranker")
         ranker = entry.cls(config)
@@ -300,8 +340,13 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-def evaluate_ranker(ranker: Ranker, dataset: Dataset, split: str, candidates: Candidates | None = None,
-                    users: torch.Tensor | None = None) -> dict[str, float]:
+def evaluate_ranker(
+    ranker: Ranker,
+    dataset: Dataset,
+    split: str,
+    candidates: Candidates | None = None,
+    users: torch.Tensor | None = None,
+) -> dict[str, float]:
     """AUC, GAUC, logloss per task on the `split` samples ("<task>/auc", ...) plus "samples".
 
     For positive-only logs the negatives are popularity-sampled with a fixed seed, and, when

@@ -33,11 +33,11 @@ current torch thread count. (For reference, a spec-sheet fp32 peak for one Zen 4
 from __future__ import annotations
 
 import contextlib
-
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -49,13 +49,13 @@ from recstack.train import move_to_device
 
 @dataclass
 class ComputeConfig:
-    peak_flops: float | None = None    # FLOP/s of the hardware for MFU; None = measure with a matmul
-    peak_matmul_size: int = 1024       # n of the n×n×n float32 matmul that measures the peak
-    peak_repeats: int = 5              # best of this many matmuls
-    batch_size: int = 512              # rows of the batch traced and timed
-    warmup: int = 1                    # untimed steps before timing (allocator, lazy init)
-    steps: int = 3                     # timed steps per throughput measurement
-    lr: float = 1e-3                   # AdamW lr of the timed training steps (value irrelevant to speed)
+    peak_flops: float | None = None  # FLOP/s of the hardware for MFU; None = measure with a matmul
+    peak_matmul_size: int = 1024  # n of the n×n×n float32 matmul that measures the peak
+    peak_repeats: int = 5  # best of this many matmuls
+    batch_size: int = 512  # rows of the batch traced and timed
+    warmup: int = 1  # untimed steps before timing (allocator, lazy init)
+    steps: int = 3  # timed steps per throughput measurement
+    lr: float = 1e-3  # AdamW lr of the timed training steps (value irrelevant to speed)
 
     def __post_init__(self) -> None:
         if self.peak_flops is not None and self.peak_flops <= 0:
@@ -72,13 +72,13 @@ class ComputeReport:
     """Per-sample FLOPs, parameter counts, model-step throughput and MFU of one model on one batch."""
 
     batch_size: int
-    forward_flops: float               # per sample, scoring pass
-    train_flops: float                 # per sample, forward + loss + backward
+    forward_flops: float  # per sample, scoring pass
+    train_flops: float  # per sample, forward + loss + backward
     params: dict[str, int]
     train_samples_per_s: float
     score_samples_per_s: float
     peak_flops: float
-    peak_source: str                   # "config" or "measured (n=1024, 1 threads)"
+    peak_source: str  # "config" or "measured (n=1024, 1 threads)"
     flops_by_module: dict[str, float] = field(default_factory=dict)  # forward FLOPs per sample, top-level children
 
     @property
@@ -91,11 +91,19 @@ class ComputeReport:
         return mfu(self.forward_flops, self.score_samples_per_s, self.peak_flops)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"batch_size": self.batch_size, "forward_flops": self.forward_flops, "train_flops": self.train_flops,
-                "params": dict(self.params), "train_samples_per_s": round(self.train_samples_per_s, 1),
-                "score_samples_per_s": round(self.score_samples_per_s, 1), "peak_flops": self.peak_flops,
-                "peak_source": self.peak_source, "mfu": self.mfu, "score_mfu": self.score_mfu,
-                "flops_by_module": dict(self.flops_by_module)}
+        return {
+            "batch_size": self.batch_size,
+            "forward_flops": self.forward_flops,
+            "train_flops": self.train_flops,
+            "params": dict(self.params),
+            "train_samples_per_s": round(self.train_samples_per_s, 1),
+            "score_samples_per_s": round(self.score_samples_per_s, 1),
+            "peak_flops": self.peak_flops,
+            "peak_source": self.peak_source,
+            "mfu": self.mfu,
+            "score_mfu": self.score_mfu,
+            "flops_by_module": dict(self.flops_by_module),
+        }
 
 
 # ---- FLOPs ------------------------------------------------------------------------------------------
@@ -153,7 +161,7 @@ def _per_child(model: nn.Module, by_module: dict[str, float], n: int) -> dict[st
         own = by_module.get(root + name)
         if own is None:
             prefix = root + name + "."
-            own = sum(v for k, v in by_module.items() if k.startswith(prefix) and "." not in k[len(prefix):])
+            own = sum(v for k, v in by_module.items() if k.startswith(prefix) and "." not in k[len(prefix) :])
         if own:
             out[name] = own / n
     return out
@@ -186,8 +194,9 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
         own = sum(p.numel() for p in module.parameters())
         active = int(module.activated_parameters())
         if not 0 <= active <= own:
-            raise ConfigError(f"{type(module).__name__}.activated_parameters() = {active} is outside "
-                              f"[0, {own}] (its parameter count)")
+            raise ConfigError(
+                f"{type(module).__name__}.activated_parameters() = {active} is outside [0, {own}] (its parameter count)"
+            )
         inactive += own - active
     return {"total": total, "embedding": embedding, "dense": dense, "activated": dense - inactive}
 
@@ -216,8 +225,9 @@ def _timed(step: Callable[[], None], warmup: int, steps: int) -> float:
     return time.perf_counter() - started
 
 
-def train_throughput(model: nn.Module, inputs: dict[str, Any], steps: int = 3, warmup: int = 1,
-                     lr: float = 1e-3) -> float:
+def train_throughput(
+    model: nn.Module, inputs: dict[str, Any], steps: int = 3, warmup: int = 1, lr: float = 1e-3
+) -> float:
     """Samples/s of full training steps (forward, loss, backward, AdamW step) on a copy of `model`."""
     n = batch_size_of(inputs)
     work = copy.deepcopy(model)
@@ -251,7 +261,7 @@ def measured_peak_flops(size: int = 1024, repeats: int = 5) -> float:
         started = time.perf_counter()
         torch.mm(a, b)
         best = min(best, time.perf_counter() - started)
-    return 2.0 * size ** 3 / max(best, 1e-12)
+    return 2.0 * size**3 / max(best, 1e-12)
 
 
 def mfu(flops_per_sample: float, samples_per_s: float, peak_flops: float) -> float:
@@ -268,8 +278,9 @@ def resolve_peak(config: ComputeConfig) -> tuple[float, str]:
     return peak, f"measured (fp32 matmul n={config.peak_matmul_size}, {torch.get_num_threads()} threads)"
 
 
-def model_compute(model: nn.Module, inputs: dict[str, Any], config: ComputeConfig | None = None,
-                  peak: tuple[float, str] | None = None) -> ComputeReport:
+def model_compute(
+    model: nn.Module, inputs: dict[str, Any], config: ComputeConfig | None = None, peak: tuple[float, str] | None = None
+) -> ComputeReport:
     """Everything above for one model on one batch of flat inputs (with labels). `peak`: a
     (FLOP/s, source) already resolved, so a sweep measures the hardware once."""
     config = config or ComputeConfig()
@@ -280,12 +291,14 @@ def model_compute(model: nn.Module, inputs: dict[str, Any], config: ComputeConfi
     train_rate = train_throughput(model, inputs, config.steps, config.warmup, config.lr)
     score_rate = score_throughput(model, inputs, config.steps, config.warmup)
     peak_flops, source = peak if peak is not None else resolve_peak(config)
-    return ComputeReport(batch_size_of(inputs), fwd, trn, parameter_counts(model), train_rate, score_rate,
-                         peak_flops, source, by_module)
+    return ComputeReport(
+        batch_size_of(inputs), fwd, trn, parameter_counts(model), train_rate, score_rate, peak_flops, source, by_module
+    )
 
 
-def ranker_compute(ranker: Any, samples: Any, config: ComputeConfig | None = None,
-                   peak: tuple[float, str] | None = None) -> ComputeReport:
+def ranker_compute(
+    ranker: Any, samples: Any, config: ComputeConfig | None = None, peak: tuple[float, str] | None = None
+) -> ComputeReport:
     """`model_compute` for a fitted ranker (any registered one) on the first `config.batch_size` of
     `samples` (a ranking `Samples`, e.g. the test samples of evaluate_ranker's protocol)."""
     config = config or ComputeConfig()

@@ -32,13 +32,13 @@ from recstack.nn.embedding import CategoricalFields, NumericTable, apply_unique,
 @dataclass
 class FeatureConfig:
     dim: int = 16
-    user_id: bool = True                  # a user id field (memorises per-user bias; off for cold-start studies)
+    user_id: bool = True  # a user id field (memorises per-user bias; off for cold-start studies)
     item_columns: list[str] | None = None  # None = auto-detect categorical and numeric columns; [] = none
     user_columns: list[str] | None = None
     categorical_text_fields: bool = True  # low-cardinality text fields (MovieLens genres) become categorical
     max_feature_ratio: float = 0.5
     separator: str = r"\s*[|,]\s*"
-    numeric: bool = True                  # float columns (price, quality) as one standardised field
+    numeric: bool = True  # float columns (price, quality) as one standardised field
     scenario: bool = True
 
     def __post_init__(self) -> None:
@@ -68,7 +68,7 @@ class FeatureSchema:
         return asdict(self)
 
     @staticmethod
-    def from_json(data: dict) -> "FeatureSchema":
+    def from_json(data: dict) -> FeatureSchema:
         return FeatureSchema(**data)
 
 
@@ -82,14 +82,16 @@ class FeatureTables:
     user_numeric: torch.Tensor | None
 
 
-def _side_columns(frame: pl.DataFrame, key: str, chosen: list[str] | None, text_fields: list[str],
-                  config: FeatureConfig) -> tuple[list[str], list[str]]:
+def _side_columns(
+    frame: pl.DataFrame, key: str, chosen: list[str] | None, text_fields: list[str], config: FeatureConfig
+) -> tuple[list[str], list[str]]:
     """(categorical, numeric) columns of a side table."""
     candidates = [c for c in frame.columns if c not in (key, "raw_id")] if chosen is None else list(chosen)
     missing = [c for c in candidates if c not in frame.columns]
     if missing:
-        raise ConfigError(f"feature column {missing[0]!r} is not in the {key}s table "
-                          f"(columns: {', '.join(frame.columns)})")
+        raise ConfigError(
+            f"feature column {missing[0]!r} is not in the {key}s table (columns: {', '.join(frame.columns)})"
+        )
     categorical, numeric = [], []
     for column in candidates:  # a loop over columns, not rows
         if column in text_fields and not config.categorical_text_fields and chosen is None:
@@ -99,13 +101,16 @@ def _side_columns(frame: pl.DataFrame, key: str, chosen: list[str] | None, text_
         elif config.numeric and frame.schema[column].is_numeric() and column not in text_fields:
             numeric.append(column)
         elif chosen is not None:
-            raise ConfigError(f"feature column {column!r} of the {key}s table is neither categorical (at most "
-                              f"{config.max_feature_ratio} distinct values per row) nor numeric")
+            raise ConfigError(
+                f"feature column {column!r} of the {key}s table is neither categorical (at most "
+                f"{config.max_feature_ratio} distinct values per row) nor numeric"
+            )
     return categorical, numeric
 
 
-def _numeric_table(frame: pl.DataFrame, key: str, num_rows: int, columns: list[str],
-                   stats: list[list[float]] | None) -> tuple[torch.Tensor, list[list[float]]]:
+def _numeric_table(
+    frame: pl.DataFrame, key: str, num_rows: int, columns: list[str], stats: list[list[float]] | None
+) -> tuple[torch.Tensor, list[list[float]]]:
     """[num_rows, F] standardised values (row 0 and missing = 0) and the [mean, std] used."""
     values = frame.select([pl.col(c).cast(pl.Float64) for c in columns]).to_numpy()
     if stats is None:
@@ -120,8 +125,10 @@ def _numeric_table(frame: pl.DataFrame, key: str, num_rows: int, columns: list[s
 def build_schema(dataset: Dataset, config: FeatureConfig) -> tuple[FeatureSchema, FeatureTables]:
     schema = FeatureSchema(dataset.num_users, dataset.num_items)
     tables = FeatureTables([], [], None, None)
-    for side, frame, chosen, text in (("item", dataset.items, config.item_columns, dataset.text_fields),
-                                      ("user", dataset.users, config.user_columns, [])):
+    for side, frame, chosen, text in (
+        ("item", dataset.items, config.item_columns, dataset.text_fields),
+        ("user", dataset.users, config.user_columns, []),
+    ):
         num_rows = frame.height + 1
         categorical, numeric = _side_columns(frame, side, chosen, text, config)
         token_tables = [categorical_tokens(frame, side, num_rows, [c], config.separator) for c in categorical]
@@ -147,21 +154,29 @@ class FeatureEncoder(nn.Module):
         super().__init__()
         d, self.num_users, self.num_items = config.dim, schema.num_users, schema.num_items
         self.item_id = id_embedding(schema.num_items + 1, d)
-        self.item_categorical = CategoricalFields([(len(v), t) for v, t in zip(schema.item_vocab, schema.item_tokens)],
-                                                  schema.num_items + 1, d)
-        self.item_numeric = NumericTable(schema.num_items + 1, len(schema.item_numeric), d) \
-            if schema.item_numeric else None
+        self.item_categorical = CategoricalFields(
+            [(len(v), t) for v, t in zip(schema.item_vocab, schema.item_tokens)], schema.num_items + 1, d
+        )
+        self.item_numeric = (
+            NumericTable(schema.num_items + 1, len(schema.item_numeric), d) if schema.item_numeric else None
+        )
         self.user_id = id_embedding(schema.num_users + 1, d) if config.user_id else None
-        self.user_categorical = CategoricalFields([(len(v), t) for v, t in zip(schema.user_vocab, schema.user_tokens)],
-                                                  schema.num_users + 1, d)
-        self.user_numeric = NumericTable(schema.num_users + 1, len(schema.user_numeric), d) \
-            if schema.user_numeric else None
+        self.user_categorical = CategoricalFields(
+            [(len(v), t) for v, t in zip(schema.user_vocab, schema.user_tokens)], schema.num_users + 1, d
+        )
+        self.user_numeric = (
+            NumericTable(schema.num_users + 1, len(schema.user_numeric), d) if schema.user_numeric else None
+        )
         self.scenario = id_embedding(len(schema.scenario_names) + 1, d) if schema.scenario_names else None
         self.item_dim = d * (1 + len(self.item_categorical) + (self.item_numeric is not None))
-        self.user_dim = d * ((self.user_id is not None) + len(self.user_categorical)
-                             + (self.user_numeric is not None) + (self.scenario is not None))
+        self.user_dim = d * (
+            (self.user_id is not None)
+            + len(self.user_categorical)
+            + (self.user_numeric is not None)
+            + (self.scenario is not None)
+        )
 
-    def set_tables(self, tables: FeatureTables) -> "FeatureEncoder":
+    def set_tables(self, tables: FeatureTables) -> FeatureEncoder:
         self.item_categorical.set_tables(tables.item_tokens)
         self.user_categorical.set_tables(tables.user_tokens)
         for module, values in ((self.item_numeric, tables.item_numeric), (self.user_numeric, tables.user_numeric)):

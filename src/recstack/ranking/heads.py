@@ -6,7 +6,7 @@ Rankers output logits per task; `score` and the metrics apply the sigmoid. Label
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,8 +29,9 @@ class TaskTowers(nn.Module):
         return {task: self.towers[task](per_task[t]).squeeze(-1) for t, task in enumerate(self.tasks)}
 
 
-def multitask_bce(logits: dict[str, torch.Tensor], labels: dict[str, torch.Tensor],
-                  weights: dict[str, float] | None = None) -> dict[str, torch.Tensor]:
+def multitask_bce(
+    logits: dict[str, torch.Tensor], labels: dict[str, torch.Tensor], weights: dict[str, float] | None = None
+) -> dict[str, torch.Tensor]:
     """{"loss": sum_t w_t * BCE_t, "<task>": BCE_t} with BCE averaged over the N rows of each task."""
     weights = weights or {}
     out: dict[str, torch.Tensor] = {}

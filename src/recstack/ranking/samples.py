@@ -57,12 +57,12 @@ from recstack.errors import ConfigError, DataError
 
 @dataclass
 class SampleConfig:
-    tasks: list[str] | None = None        # None = every binary label (+ like from rating, + view when positive-only)
+    tasks: list[str] | None = None  # None = every binary label (+ like from rating, + view when positive-only)
     negatives_per_positive: int = 4
-    retrieved_share: float = 0.5          # share of negatives taken from retrieved-but-not-consumed candidates
-    eval_negatives: int | None = None     # per valid/test positive; None = negatives_per_positive
+    retrieved_share: float = 0.5  # share of negatives taken from retrieved-but-not-consumed candidates
+    eval_negatives: int | None = None  # per valid/test positive; None = negatives_per_positive
     max_history: int = 30
-    history_label: str | None = "auto"    # label marking history events; auto: every row if positive-only, else the
+    history_label: str | None = "auto"  # label marking history events; auto: every row if positive-only, else the
     #                                       first label (click); null: every row
     like_threshold: float = 4.0
     sampler_alpha: float = 0.75
@@ -91,19 +91,24 @@ class Samples:
     history: Jagged
     history_end: torch.Tensor
     scenario: torch.Tensor | None = None
-    time: torch.Tensor | None = None                 # [N] int64 request timestamps (raw dataset units)
-    history_timestamps: torch.Tensor | None = None   # [E] int64, aligned with history.values
-    history_events: torch.Tensor | None = None       # [E] int64 behaviour codes (module docstring)
-    time_scale: float | None = None                  # seconds per timestamp unit; None = order only (no time inputs)
+    time: torch.Tensor | None = None  # [N] int64 request timestamps (raw dataset units)
+    history_timestamps: torch.Tensor | None = None  # [E] int64, aligned with history.values
+    history_events: torch.Tensor | None = None  # [E] int64 behaviour codes (module docstring)
+    time_scale: float | None = None  # seconds per timestamp unit; None = order only (no time inputs)
 
     def __len__(self) -> int:
         return self.users.numel()
 
-    def select(self, rows: torch.Tensor) -> "Samples":
+    def select(self, rows: torch.Tensor) -> Samples:
         return dataclasses.replace(
-            self, users=self.users[rows], items=self.items[rows], labels={t: v[rows] for t, v in self.labels.items()},
-            history_end=self.history_end[rows], scenario=None if self.scenario is None else self.scenario[rows],
-            time=None if self.time is None else self.time[rows])
+            self,
+            users=self.users[rows],
+            items=self.items[rows],
+            labels={t: v[rows] for t, v in self.labels.items()},
+            history_end=self.history_end[rows],
+            scenario=None if self.scenario is None else self.scenario[rows],
+            time=None if self.time is None else self.time[rows],
+        )
 
     def inputs(self, max_history: int, rows: torch.Tensor | None = None, group_window: float | None = None) -> dict:
         """Model inputs: users, items [N]; history [N, max_history] (right-aligned, 0 = padding);
@@ -111,8 +116,12 @@ class Samples:
         the data has them, and the group inputs when `group_window` (seconds) is set (module docstring)."""
         part = self if rows is None else self.select(rows)
         index, valid = history_index(part.history, part.users, part.history_end, max_history)
-        out = {"users": part.users, "items": part.items, "labels": part.labels,
-               "history": take_history(part.history.values, index, valid)}
+        out = {
+            "users": part.users,
+            "items": part.items,
+            "labels": part.labels,
+            "history": take_history(part.history.values, index, valid),
+        }
         if part.scenario is not None:
             out["scenario"] = part.scenario
         out.update(part._extra_inputs(index, valid))
@@ -154,11 +163,17 @@ class Samples:
         last = torch.full((num_groups,), torch.iinfo(torch.long).min).scatter_reduce(0, group, time, "amax")
         end = torch.zeros(num_groups, dtype=torch.long).scatter_reduce(0, group, self.history_end, "amax")
         index, valid = history_index(self.history, keys[:, 0], end, max_history)
-        out = {"group": group, "group_history": take_history(self.history.values, index, valid),
-               "group_offset": ((last[group] - time).double() * scale).float()}
+        out = {
+            "group": group,
+            "group_history": take_history(self.history.values, index, valid),
+            "group_offset": ((last[group] - time).double() * scale).float(),
+        }
         timestamps = self.history_timestamps
-        age = (last.unsqueeze(1) - take_history(timestamps, index, valid)) if timestamps is not None else \
-            torch.arange(max_history, 0, -1).expand(valid.shape)  # no timestamps: the age in steps
+        age = (
+            (last.unsqueeze(1) - take_history(timestamps, index, valid))
+            if timestamps is not None
+            else torch.arange(max_history, 0, -1).expand(valid.shape)
+        )  # no timestamps: the age in steps
         out["group_history_time"] = (age.double() * scale).float().masked_fill(~valid, 0.0)
         if self.history_events is not None:
             out["group_history_event"] = take_history(self.history_events, index, valid)
@@ -184,12 +199,20 @@ def group_view(inputs: dict) -> dict:
     starts = torch.cumsum(counts, 0) - counts
     slot = torch.empty_like(group)
     slot[order] = torch.arange(n, device=group.device) - starts[group[order]]
-    return {"group": group, "slot": slot, "size": int(counts.max()) if n else 0, "history": history,
-            "history_time": time, "history_event": event, "offset": offset.float()}
+    return {
+        "group": group,
+        "slot": slot,
+        "size": int(counts.max()) if n else 0,
+        "history": history,
+        "history_time": time,
+        "history_event": event,
+        "offset": offset.float(),
+    }
 
 
-def history_index(history: Jagged, users: torch.Tensor, ends: torch.Tensor, max_len: int
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def history_index(
+    history: Jagged, users: torch.Tensor, ends: torch.Tensor, max_len: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """([N, max_len] positions in history.values of the last max_len events before each end, right-aligned;
     [N, max_len] bool valid). Gather any per-event array with `take_history`."""
     index = ends.unsqueeze(1) - max_len + torch.arange(max_len)
@@ -218,8 +241,9 @@ def resolve_event_labels(dataset: Dataset, labels: dict[str, np.ndarray], chosen
     if chosen is not None:
         unknown = [name for name in chosen if name not in labels]
         if unknown:
-            raise ConfigError(f"samples.event_labels: {unknown[0]!r} is not a label of {dataset.name}; "
-                              f"available: {', '.join(labels)}")
+            raise ConfigError(
+                f"samples.event_labels: {unknown[0]!r} is not a label of {dataset.name}; available: {', '.join(labels)}"
+            )
         return list(chosen)
     rates = {name: float(np.mean(values == 1)) for name, values in labels.items() if len(values)}
     varying = [name for name, rate in rates.items() if 0.0 < rate < 1.0]
@@ -255,8 +279,9 @@ def _is_binary(column: pl.Series) -> bool:
 def resolve_labels(dataset: Dataset, config: SampleConfig) -> tuple[dict[str, np.ndarray], bool]:
     """Label arrays per available task (one value per interaction row) and whether the log is positive-only."""
     inter = dataset.interactions
-    labels = {name: inter[name].to_numpy() for name in dataset.labels
-              if name in inter.columns and _is_binary(inter[name])}
+    labels = {
+        name: inter[name].to_numpy() for name in dataset.labels if name in inter.columns and _is_binary(inter[name])
+    }
     positive_only = not labels or any(bool((v == 1).all()) for v in labels.values())
     if "like" not in labels and "rating" in inter.columns:
         labels["like"] = (inter["rating"].to_numpy() >= config.like_threshold).astype(np.int8)
@@ -276,15 +301,18 @@ class SampleBuilder:
         self.tasks = list(tasks or config.tasks or labels)
         unknown = [t for t in self.tasks if t not in labels]
         if unknown:
-            raise ConfigError(f"samples.tasks: {unknown[0]!r} is not a binary label of {dataset.name}; "
-                              f"available: {', '.join(labels)}")
+            raise ConfigError(
+                f"samples.tasks: {unknown[0]!r} is not a binary label of {dataset.name}; available: {', '.join(labels)}"
+            )
         self.labels = {t: torch.from_numpy(labels[t].astype(np.float32)) for t in self.tasks}
         label = config.history_label
         if label == "auto":
             label = None if self.positive_only else next(iter(labels))
         if label is not None and label not in labels:
-            raise ConfigError(f"samples.history_label: {label!r} is not a label of {dataset.name}; "
-                              f"available: {', '.join(labels)} (or null for every row)")
+            raise ConfigError(
+                f"samples.history_label: {label!r} is not a label of {dataset.name}; "
+                f"available: {', '.join(labels)} (or null for every row)"
+            )
         self.history_label = label
         self.event_labels = resolve_event_labels(dataset, labels, config.event_labels)
         self.events = event_codes(labels, self.event_labels, dataset.interactions.height) if self.event_labels else None
@@ -297,8 +325,9 @@ class SampleBuilder:
         _, time_rank = np.unique(inter["timestamp"].to_numpy(), return_inverse=True)
         self.event_keys = self.users * (int(time_rank.max()) + 2) + time_rank  # sorts like (user, time)
         self.history_mask = np.ones(inter.height, bool) if label is None else labels[label] == 1
-        self.scenario = (torch.from_numpy(inter["scenario"].to_numpy().astype(np.int64)) + 1
-                         if "scenario" in inter.columns else None)
+        self.scenario = (
+            torch.from_numpy(inter["scenario"].to_numpy().astype(np.int64)) + 1 if "scenario" in inter.columns else None
+        )
         counts = dataset.item_popularity("train")
         counts = counts if float(counts.sum()) > 0 else torch.ones_like(counts)
         weights = counts.double() ** config.sampler_alpha
@@ -310,17 +339,26 @@ class SampleBuilder:
     def _history(self, allowed: np.ndarray) -> tuple[Jagged, np.ndarray, torch.Tensor]:
         """(history Jagged, sort keys of its events, their interaction rows)."""
         rows = np.flatnonzero(allowed & self.history_mask)
-        return (Jagged.from_sorted_keys(self.users[rows], self.items[rows], self.dataset.num_users + 1),
-                self.event_keys[rows], torch.from_numpy(rows))
+        return (
+            Jagged.from_sorted_keys(self.users[rows], self.items[rows], self.dataset.num_users + 1),
+            self.event_keys[rows],
+            torch.from_numpy(rows),
+        )
 
     def _samples(self, rows: np.ndarray, history: Jagged, ends: torch.Tensor, history_rows: torch.Tensor) -> Samples:
         index = torch.from_numpy(rows)
-        return Samples(torch.from_numpy(self.users[rows]), self.items[index],
-                       {t: v[index] for t, v in self.labels.items()}, history, ends,
-                       None if self.scenario is None else self.scenario[index],
-                       time=self.timestamps[index], history_timestamps=self.timestamps[history_rows],
-                       history_events=None if self.events is None else self.events[history_rows],
-                       time_scale=self.time_scale)
+        return Samples(
+            torch.from_numpy(self.users[rows]),
+            self.items[index],
+            {t: v[index] for t, v in self.labels.items()},
+            history,
+            ends,
+            None if self.scenario is None else self.scenario[index],
+            time=self.timestamps[index],
+            history_timestamps=self.timestamps[history_rows],
+            history_events=None if self.events is None else self.events[history_rows],
+            time_scale=self.time_scale,
+        )
 
     def train_samples(self) -> Samples:
         """Every train row (positives only, for positive-only logs: negatives come per batch)."""
@@ -330,8 +368,9 @@ class SampleBuilder:
         ends = torch.from_numpy(np.searchsorted(keys, self.event_keys[rows], side="left").astype(np.int64))
         return self._samples(rows, history, ends, history_rows)
 
-    def eval_samples(self, split: str, candidates: Candidates | None = None,
-                     users: torch.Tensor | None = None) -> Samples:
+    def eval_samples(
+        self, split: str, candidates: Candidates | None = None, users: torch.Tensor | None = None
+    ) -> Samples:
         """Rows of `split` with history from earlier splits; for positive-only logs plus fixed negatives.
         candidates: retrieved items for `users` (default: users 1..num_users in order)."""
         code = SPLIT_CODES[split]
@@ -343,8 +382,9 @@ class SampleBuilder:
         if self.positive_only and n > 0 and len(samples):
             consumed = self.consumed_keys(np.ones(len(self.split), bool))  # never a held-out positive
             generator = torch.Generator().manual_seed(self.config.seed + 7919 * code)
-            samples = self.with_negatives(samples, n, consumed, self.candidate_pool(candidates, users, consumed),
-                                          generator)
+            samples = self.with_negatives(
+                samples, n, consumed, self.candidate_pool(candidates, users, consumed), generator
+            )
         return samples
 
     # ---- negatives --------------------------------------------------------------------------------
@@ -354,24 +394,33 @@ class SampleBuilder:
         keys = torch.from_numpy(self.users[rows]) * self.key_base + self.items[torch.from_numpy(rows)]
         return torch.unique(keys)
 
-    def candidate_pool(self, candidates: Candidates | None, users: torch.Tensor | None,
-                       consumed: torch.Tensor) -> torch.Tensor | None:
+    def candidate_pool(
+        self, candidates: Candidates | None, users: torch.Tensor | None, consumed: torch.Tensor
+    ) -> torch.Tensor | None:
         """[num_users + 1, K] retrieved items per user id with consumed / unknown / empty slots set to 0."""
         if candidates is None or self.config.retrieved_share == 0:
             return None
         num_users = self.dataset.num_users
         users = torch.arange(1, num_users + 1) if users is None else torch.as_tensor(users, dtype=torch.long)
         if candidates.items.shape[0] != users.numel():
-            raise DataError(f"candidates have {candidates.items.shape[0]} rows but {users.numel()} users were given "
-                            "(without `users`, rows must be users 1..num_users in order)")
+            raise DataError(
+                f"candidates have {candidates.items.shape[0]} rows but {users.numel()} users were given "
+                "(without `users`, rows must be users 1..num_users in order)"
+            )
         pool = torch.zeros(num_users + 1, candidates.k, dtype=torch.long)
         pool[users.clamp(0, num_users)] = candidates.items.long()
         bad = (pool <= 0) | (pool > self.dataset.num_items)
         bad |= is_member(torch.arange(num_users + 1).unsqueeze(1) * self.key_base + pool, consumed)
         return pool.masked_fill(bad, 0)
 
-    def draw_negatives(self, users: torch.Tensor, n: int, consumed: torch.Tensor, pool: torch.Tensor | None,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
+    def draw_negatives(
+        self,
+        users: torch.Tensor,
+        n: int,
+        consumed: torch.Tensor,
+        pool: torch.Tensor | None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """[M, n] negatives for users [M]: retrieved ones first (distinct per row), the rest sampled."""
         m = users.numel()
         out = torch.multinomial(self.negative_probs, m * n, replacement=True, generator=generator).view(m, n)
@@ -388,14 +437,24 @@ class SampleBuilder:
             out[hit] = torch.multinomial(self.negative_probs, int(hit.sum()), replacement=True, generator=generator)
         return out
 
-    def with_negatives(self, samples: Samples, n: int, consumed: torch.Tensor, pool: torch.Tensor | None,
-                       generator: torch.Generator | None = None) -> Samples:
+    def with_negatives(
+        self,
+        samples: Samples,
+        n: int,
+        consumed: torch.Tensor,
+        pool: torch.Tensor | None,
+        generator: torch.Generator | None = None,
+    ) -> Samples:
         """The samples followed by n negatives each (same user, history and context; every label 0)."""
         negatives = self.draw_negatives(samples.users, n, consumed, pool, generator).reshape(-1)
         repeat = lambda t: torch.cat([t, t.repeat_interleave(n)])  # noqa: E731
         labels = {t: torch.cat([v, v.new_zeros(negatives.numel())]) for t, v in samples.labels.items()}
         return dataclasses.replace(
-            samples, users=repeat(samples.users), items=torch.cat([samples.items, negatives]), labels=labels,
+            samples,
+            users=repeat(samples.users),
+            items=torch.cat([samples.items, negatives]),
+            labels=labels,
             history_end=repeat(samples.history_end),
             scenario=None if samples.scenario is None else repeat(samples.scenario),
-            time=None if samples.time is None else repeat(samples.time))
+            time=None if samples.time is None else repeat(samples.time),
+        )

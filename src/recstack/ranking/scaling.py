@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -54,13 +54,21 @@ class ScalingFit:
         return float(value) if np.ndim(value) == 0 else value
 
     def to_dict(self) -> dict[str, float | int | bool]:
-        return {"slope": self.slope, "intercept": self.intercept, "r2": self.r2, "points": self.points,
-                "eta": self.eta, "higher_is_better": self.higher_is_better,
-                "reference_flops": self.reference_flops, "metric_at_reference": self.metric_at_reference}
+        return {
+            "slope": self.slope,
+            "intercept": self.intercept,
+            "r2": self.r2,
+            "points": self.points,
+            "eta": self.eta,
+            "higher_is_better": self.higher_is_better,
+            "reference_flops": self.reference_flops,
+            "metric_at_reference": self.metric_at_reference,
+        }
 
 
-def fit_scaling(flops: Sequence[float] | np.ndarray, metric: Sequence[float] | np.ndarray,
-                higher_is_better: bool = True) -> ScalingFit:
+def fit_scaling(
+    flops: Sequence[float] | np.ndarray, metric: Sequence[float] | np.ndarray, higher_is_better: bool = True
+) -> ScalingFit:
     """Least squares of `metric` [P] on log10(`flops` [P]) (P >= 2 points, flops > 0, not all equal)."""
     x = np.asarray(flops, dtype=np.float64).ravel()
     y = np.asarray(metric, dtype=np.float64).ravel()
@@ -77,7 +85,7 @@ def fit_scaling(flops: Sequence[float] | np.ndarray, metric: Sequence[float] | n
     (intercept, slope), *_ = np.linalg.lstsq(design, y, rcond=None)
     residual = y - (intercept + slope * log_x)
     total = float(((y - y.mean()) ** 2).sum())
-    r2 = 1.0 - float((residual ** 2).sum()) / total if total > 0 else 1.0
+    r2 = 1.0 - float((residual**2).sum()) / total if total > 0 else 1.0
     return ScalingFit(float(slope), float(intercept), r2, int(x.size), higher_is_better, float(x.min()))
 
 
@@ -109,8 +117,14 @@ def plot_scaling(series: Series, metric: str, title: str | None = None) -> bytes
         line = ax.plot(x, values, "o", label=label)[0]
         if fit is not None:
             grid = np.geomspace(x.min(), x.max(), 50)
-            ax.plot(grid, fit.predict(grid), "-", color=line.get_color(), alpha=0.8,
-                    label=f"{label}: slope {fit.slope:+.4f}/decade, R² {fit.r2:.2f}")
+            ax.plot(
+                grid,
+                fit.predict(grid),
+                "-",
+                color=line.get_color(),
+                alpha=0.8,
+                label=f"{label}: slope {fit.slope:+.4f}/decade, R² {fit.r2:.2f}",
+            )
     ax.set(xscale="log", xlabel="training FLOPs per sample", ylabel=metric, title=title or f"{metric} vs compute")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)

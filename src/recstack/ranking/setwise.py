@@ -53,8 +53,9 @@ def group_grid(key: torch.Tensor, size: int, order: torch.Tensor | None = None) 
     device = key.device
     if n == 0:
         return torch.full((0, 1), -1, dtype=torch.long, device=device)
-    _, inverse = torch.unique(key, dim=0, return_inverse=True) if key.dim() == 2 else \
-        torch.unique(key, return_inverse=True)
+    _, inverse = (
+        torch.unique(key, dim=0, return_inverse=True) if key.dim() == 2 else torch.unique(key, return_inverse=True)
+    )
     first = torch.argsort(order, stable=True) if order is not None else torch.arange(n, device=device)
     rows = first[torch.argsort(inverse[first], stable=True)]  # by request, then by `order`
     request = inverse[rows]
@@ -68,9 +69,13 @@ def group_grid(key: torch.Tensor, size: int, order: torch.Tensor | None = None) 
     return grid
 
 
-def setwise_contrastive_loss(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor,
-                             temperature: float = 1.0,
-                             denominator: Literal["all", "negatives"] = "all") -> torch.Tensor:
+def setwise_contrastive_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    valid: torch.Tensor,
+    temperature: float = 1.0,
+    denominator: Literal["all", "negatives"] = "all",
+) -> torch.Tensor:
     """Mean over positives of -log softmax of the positive among its group's candidates.
 
     logits, labels, valid: [G, C] (labels > 0.5 = positive; invalid slots take no part).
@@ -100,8 +105,9 @@ def request_groups(keys: np.ndarray, size: int, seed: int) -> tuple[torch.Tensor
     return rows, torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(lengths, 0)])
 
 
-def grouped_source(rows: torch.Tensor, offsets: torch.Tensor, collate, groups_per_batch: int,
-                   seed: int) -> CallableBatchSource:
+def grouped_source(
+    rows: torch.Tensor, offsets: torch.Tensor, collate, groups_per_batch: int, seed: int
+) -> CallableBatchSource:
     """Batches of whole groups: collate(rows [n]) -> inputs; adds "setwise_group" [n] (the group of each row)."""
     lengths = offsets[1:] - offsets[:-1]
 
@@ -117,8 +123,15 @@ def grouped_source(rows: torch.Tensor, offsets: torch.Tensor, collate, groups_pe
     return CallableBatchSource(lengths.numel(), collate_groups, max(1, groups_per_batch), shuffle=True, seed=seed)
 
 
-def setwise_train_source(builder: SampleBuilder, train: Samples, candidates: Candidates | None, group_size: int,
-                         max_history: int, batch_size: int, seed: int) -> CallableBatchSource:
+def setwise_train_source(
+    builder: SampleBuilder,
+    train: Samples,
+    candidates: Candidates | None,
+    group_size: int,
+    max_history: int,
+    batch_size: int,
+    seed: int,
+) -> CallableBatchSource:
     """Training batches of whole groups (about `batch_size` rows) with "setwise_group" [N] (module docstring)."""
     n = builder.config.negatives_per_positive
     if builder.positive_only and n > 0:

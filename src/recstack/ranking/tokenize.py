@@ -50,24 +50,26 @@ SEQUENCE_MODES = ("target_attention", "query_former", "mean")
 class TokenizerConfig:
     mode: Literal["groups", "autosplit"] = "groups"
     groups: list[str] = field(default_factory=lambda: ["user", "item_id", "item_side", "context", "sequence"])
-    num_tokens: int = 8                  # autosplit only: number of segments
-    global_token: bool = True            # groups mode: a [CLS]-like token from all raw fields
+    num_tokens: int = 8  # autosplit only: number of segments
+    global_token: bool = True  # groups mode: a [CLS]-like token from all raw fields
     hidden: list[int] = field(default_factory=list)  # per-group MLP hidden widths ([] = one projection)
-    sequence: str = "target_attention"   # one of SEQUENCE_MODES
-    sequence_tokens: int = 1             # query_former: number of queries (= sequence tokens)
-    sequence_heads: int = 1              # query_former heads (must divide the item vector width)
+    sequence: str = "target_attention"  # one of SEQUENCE_MODES
+    sequence_tokens: int = 1  # query_former: number of queries (= sequence tokens)
+    sequence_heads: int = 1  # query_former heads (must divide the item vector width)
     attention_hidden: list[int] = field(default_factory=lambda: [16])
     attention_softmax: bool = False
-    history_event: bool = True           # add an event-type embedding to history keys when given
+    history_event: bool = True  # add an event-type embedding to history keys when given
     event_vocab: int = 16
-    time_buckets: int = 32               # log-time embedding of history_time when given; 0 = off
-    request_time: bool = True            # cyclic request_time features in the context group
+    time_buckets: int = 32  # log-time embedding of history_time when given; 0 = off
+    request_time: bool = True  # cyclic request_time features in the context group
 
     def __post_init__(self) -> None:
         unknown = [g for g in self.groups if g not in GROUPS]
         if unknown or not self.groups or len(set(self.groups)) != len(self.groups):
-            raise ConfigError(f"tokenizer.groups: {unknown[0] if unknown else self.groups!r} is not valid; "
-                              f"use distinct names from {', '.join(GROUPS)}")
+            raise ConfigError(
+                f"tokenizer.groups: {unknown[0] if unknown else self.groups!r} is not valid; "
+                f"use distinct names from {', '.join(GROUPS)}"
+            )
         if "item" in self.groups and ({"item_id", "item_side"} & set(self.groups)):
             raise ConfigError("tokenizer.groups: 'item' already holds item_id and item_side")
         if self.mode not in ("groups", "autosplit"):
@@ -107,14 +109,21 @@ class FeatureTokenizer(nn.Module):
         d, item_dim = features.item_id.embedding_dim, features.item_dim
         self.scenario_dim = d if features.scenario is not None else 0
         context = self.scenario_dim + (4 if config.request_time else 0)
-        widths = {"user": features.user_dim - self.scenario_dim, "item_id": d, "item_side": item_dim - d,
-                  "item": item_dim, "context": context, "sequence": item_dim}
+        widths = {
+            "user": features.user_dim - self.scenario_dim,
+            "item_id": d,
+            "item_side": item_dim - d,
+            "item": item_dim,
+            "context": context,
+            "sequence": item_dim,
+        }
         self.groups = [g for g in config.groups if widths[g] > 0]
         if not self.groups:
             raise ConfigError(f"tokenizer.groups {config.groups} are all empty for this dataset")
         seq = config.sequence_tokens if "sequence" in self.groups else 0
-        self.field_names = [n for g in self.groups for n in ([f"sequence_{i}" for i in range(seq)]
-                                                             if g == "sequence" else [g])]
+        self.field_names = [
+            n for g in self.groups for n in ([f"sequence_{i}" for i in range(seq)] if g == "sequence" else [g])
+        ]
         self.widths = [widths["sequence" if n.startswith("sequence_") else n] for n in self.field_names]
         if "sequence" in self.groups:
             self.event = id_embedding(config.event_vocab, item_dim) if config.history_event else None
@@ -123,6 +132,7 @@ class FeatureTokenizer(nn.Module):
                 self.compress = TargetAttention(item_dim, config.attention_hidden, softmax=config.attention_softmax)
             elif config.sequence == "query_former":
                 from recstack.nn.query_former import QueryFormer
+
                 self.compress = QueryFormer(item_dim, config.sequence_tokens, config.sequence_heads)
         total = sum(self.widths)
         if config.mode == "autosplit":
@@ -156,9 +166,12 @@ class FeatureTokenizer(nn.Module):
         item, d = vectors[:, 0], self.features.item_id.embedding_dim
         user = self.features.user_vectors(inputs["users"], inputs.get("scenario"))
         parts: dict[str, list[torch.Tensor]] = {
-            "user": [user[:, :user.shape[1] - self.scenario_dim]], "item_id": [item[:, :d]],
-            "item_side": [item[:, d:]], "item": [item]}
-        context = [user[:, user.shape[1] - self.scenario_dim:]]
+            "user": [user[:, : user.shape[1] - self.scenario_dim]],
+            "item_id": [item[:, :d]],
+            "item_side": [item[:, d:]],
+            "item": [item],
+        }
+        context = [user[:, user.shape[1] - self.scenario_dim :]]
         if self.config.request_time:
             context.append(request_time_features(inputs.get("request_time"), items.shape[0], item.device))
         parts["context"] = [torch.cat(context, -1)]

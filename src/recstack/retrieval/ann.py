@@ -9,10 +9,11 @@ own binary format (`faiss.write_index`, not pickle) plus a JSON file with the co
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 import faiss
 import numpy as np
@@ -68,11 +69,13 @@ class AnnIndex:
     def size(self) -> int:
         return 0 if self.index is None else int(self.index.ntotal)
 
-    def build(self, vectors: torch.Tensor, ids: torch.Tensor) -> "AnnIndex":
+    def build(self, vectors: torch.Tensor, ids: torch.Tensor) -> AnnIndex:
         """vectors: [N, D] float; ids: [N] int64 (returned by `search`; must be >= 0)."""
         if vectors.dim() != 2 or ids.shape != (vectors.shape[0],):
-            raise DataError(f"AnnIndex.build: expected vectors [N, D] and ids [N], got "
-                            f"{tuple(vectors.shape)} and {tuple(ids.shape)}")
+            raise DataError(
+                f"AnnIndex.build: expected vectors [N, D] and ids [N], got "
+                f"{tuple(vectors.shape)} and {tuple(ids.shape)}"
+            )
         if vectors.shape[0] == 0:
             raise DataError("AnnIndex.build: no vectors to index")
         x = np.ascontiguousarray(vectors.detach().cpu().float().numpy())
@@ -103,8 +106,7 @@ class AnnIndex:
         elif self.config.kind == "ivf":
             space.set_index_parameter(self.index, "nprobe", self.config.nprobe)
 
-    def search(self, queries: torch.Tensor, k: int, exclude: Jagged | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+    def search(self, queries: torch.Tensor, k: int, exclude: Jagged | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """queries: [B, D]; exclude: Jagged with B rows of ids to leave out (e.g. the user's history).
 
         Returns ids [B, k] int64 and scores [B, k] float32, best first; slots without a result
@@ -153,7 +155,7 @@ class AnnIndex:
         (folder / f"{name}.json").write_text(json.dumps(meta, indent=1))
 
     @staticmethod
-    def load(folder: str | Path, name: str = "ann") -> "AnnIndex":
+    def load(folder: str | Path, name: str = "ann") -> AnnIndex:
         folder = Path(folder)
         files = folder / f"{name}.faiss", folder / f"{name}.json"
         for file in files:

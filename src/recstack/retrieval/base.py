@@ -22,16 +22,19 @@ from recstack.data.dataset import Dataset
 from recstack.registry import add_plugin_modules, load_saved_config
 from recstack.train.checkpoint import write_json
 
-add_plugin_modules("retriever", [
-    "recstack.retrieval.popular",
-    "recstack.retrieval.itemcf",
-    "recstack.retrieval.swing",
-    "recstack.retrieval.two_tower",
-    "recstack.retrieval.sequential.sasrec",
-    "recstack.retrieval.sequential.hstu",
-    "recstack.retrieval.generative.tiger",
-    "recstack.retrieval.generative.onemall",
-])
+add_plugin_modules(
+    "retriever",
+    [
+        "recstack.retrieval.popular",
+        "recstack.retrieval.itemcf",
+        "recstack.retrieval.swing",
+        "recstack.retrieval.two_tower",
+        "recstack.retrieval.sequential.sasrec",
+        "recstack.retrieval.sequential.hstu",
+        "recstack.retrieval.generative.tiger",
+        "recstack.retrieval.generative.onemall",
+    ],
+)
 
 
 def mask_history(scores: torch.Tensor, batch: UserBatch) -> torch.Tensor:
@@ -41,8 +44,9 @@ def mask_history(scores: torch.Tensor, batch: UserBatch) -> torch.Tensor:
     return scores
 
 
-def topk_candidates(scores: torch.Tensor, batch: UserBatch, k: int, channel: str,
-                    exclude_history: bool = True) -> Candidates:
+def topk_candidates(
+    scores: torch.Tensor, batch: UserBatch, k: int, channel: str, exclude_history: bool = True
+) -> Candidates:
     """Top-k of [B, num_items + 1] scores; column 0 (padding) never returned; -inf slots become item 0."""
     scores = scores.clone()
     scores[:, 0] = float("-inf")
@@ -61,7 +65,7 @@ class Retriever:
     name: str = "retriever"
     config: Any = None
 
-    def fit(self, dataset: Dataset) -> "Retriever":
+    def fit(self, dataset: Dataset) -> Retriever:
         raise NotImplementedError
 
     def score_all(self, batch: UserBatch) -> torch.Tensor:
@@ -87,7 +91,7 @@ class Retriever:
         raise NotImplementedError
 
     @staticmethod
-    def load(path: str | Path) -> "Retriever":
+    def load(path: str | Path) -> Retriever:
         path = Path(path)
         entry, config, meta = load_saved_config(path, "retriever")
         model = entry.cls(config) if config is not None else entry.cls()

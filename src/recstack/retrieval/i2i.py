@@ -16,9 +16,10 @@ learned trigger selector (CAPTS, METHODS.md §2.5) can replace the default "last
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -41,9 +42,9 @@ _DENSE_TOPK_ELEMENTS = 1 << 24
 
 @dataclass
 class I2IConfig:
-    neighbours: int = 200        # similar items kept per item
-    num_triggers: int = 20       # triggers per user: the last N history items
-    trigger_decay: float = 1.0   # weight of a trigger = decay ** (steps before the latest); 1 = no decay
+    neighbours: int = 200  # similar items kept per item
+    num_triggers: int = 20  # triggers per user: the last N history items
+    trigger_decay: float = 1.0  # weight of a trigger = decay ** (steps before the latest); 1 = no decay
 
     def __post_init__(self) -> None:
         if self.neighbours < 1:
@@ -60,15 +61,17 @@ def interaction_matrix(dataset: Dataset) -> sp.csr_matrix:
     train = dataset.split_frame("train")
     users = train["user"].to_numpy().astype(np.int64)
     items = train["item"].to_numpy().astype(np.int64)
-    matrix = sp.csr_matrix((np.ones(len(users), np.float32), (users, items)),
-                           shape=(dataset.num_users + 1, dataset.num_items + 1))
+    matrix = sp.csr_matrix(
+        (np.ones(len(users), np.float32), (users, items)), shape=(dataset.num_users + 1, dataset.num_items + 1)
+    )
     matrix.sum_duplicates()
     matrix.data[:] = 1.0
     return matrix
 
 
-def top_n_per_row(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n: int,
-                  shape: tuple[int, int]) -> sp.csr_matrix:
+def top_n_per_row(
+    rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n: int, shape: tuple[int, int]
+) -> sp.csr_matrix:
     """CSR keeping the `n` largest values of each row (ties -> smaller column), from COO triplets."""
     order = np.lexsort((cols, -values, rows))
     rows, cols, values = rows[order], cols[order], values[order]
@@ -90,22 +93,30 @@ def product_top_n(left: sp.csr_matrix, right: sp.csr_matrix, n: int) -> sp.csr_m
     right_lengths = np.diff(right.indptr).astype(np.float64)
     pattern = sp.csr_matrix((np.ones_like(left.data, np.float64), left.indices, left.indptr), shape=left.shape)
     work = np.cumsum(pattern @ right_lengths)
-    cuts = np.searchsorted(work, np.arange(_PRODUCT_WORK_PER_CHUNK, work[-1] if len(work) else 0,
-                                           _PRODUCT_WORK_PER_CHUNK))
+    cuts = np.searchsorted(
+        work, np.arange(_PRODUCT_WORK_PER_CHUNK, work[-1] if len(work) else 0, _PRODUCT_WORK_PER_CHUNK)
+    )
     bounds = np.unique(np.concatenate([[0], cuts, [left.shape[0]]]))
     parts_rows, parts_cols, parts_values = [], [], []
-    for start, stop in zip(bounds[:-1], bounds[1:]):  # loop over row blocks, not over items
+    for start, stop in itertools.pairwise(bounds):  # loop over row blocks, not over items
         block = (left[start:stop] @ right).tocoo()
         rows = block.row.astype(np.int64) + start
         off_diagonal = (rows != block.col) & (block.data > 0)
-        pruned = top_n_per_row(rows[off_diagonal], block.col[off_diagonal].astype(np.int64),
-                               block.data[off_diagonal], n, (left.shape[0], right.shape[1])).tocoo()
+        pruned = top_n_per_row(
+            rows[off_diagonal],
+            block.col[off_diagonal].astype(np.int64),
+            block.data[off_diagonal],
+            n,
+            (left.shape[0], right.shape[1]),
+        ).tocoo()
         parts_rows.append(pruned.row)
         parts_cols.append(pruned.col)
         parts_values.append(pruned.data)
     rows, cols, values = (np.concatenate(p) if p else np.zeros(0) for p in (parts_rows, parts_cols, parts_values))
-    return sp.csr_matrix((values.astype(np.float32), (rows.astype(np.int64), cols.astype(np.int64))),
-                         shape=(left.shape[0], right.shape[1]))
+    return sp.csr_matrix(
+        (values.astype(np.float32), (rows.astype(np.int64), cols.astype(np.int64))),
+        shape=(left.shape[0], right.shape[1]),
+    )
 
 
 # ---- triggers -----------------------------------------------------------------------------------
@@ -140,7 +151,7 @@ class I2IRetriever(Retriever):
         """interactions: binary [num_users + 1, num_items + 1] -> top-N table [num_items + 1]^2."""
         raise NotImplementedError
 
-    def fit(self, dataset: Dataset) -> "I2IRetriever":
+    def fit(self, dataset: Dataset) -> I2IRetriever:
         self.neighbours = self.build_neighbours(interaction_matrix(dataset))
         self.popularity = dataset.item_popularity("train").numpy().astype(np.float32)
         return self
@@ -157,11 +168,14 @@ class I2IRetriever(Retriever):
         width, k = num_items + 1, min(k, num_items)
         history = batch.history.values.long()
         if history.numel() and (int(history.min()) < 1 or int(history.max()) > num_items):
-            raise DataError(f"{self.name}: batch.history has item ids outside 1..{num_items} "
-                            f"(the catalogue this channel was fitted on)")
+            raise DataError(
+                f"{self.name}: batch.history has item ids outside 1..{num_items} "
+                f"(the catalogue this channel was fitted on)"
+            )
         rows, items, weights = self.trigger_fn(batch)
-        triggers = sp.csr_matrix((weights.numpy().astype(np.float32), (rows.numpy(), items.numpy())),
-                                 shape=(size, width))
+        triggers = sp.csr_matrix(
+            (weights.numpy().astype(np.float32), (rows.numpy(), items.numpy())), shape=(size, width)
+        )
         expanded = (triggers @ self.neighbours).tocsr()  # [B, num_items + 1] U2I2I scores
         out_items = torch.zeros((size, k), dtype=torch.long)
         out_scores = torch.full((size, k), float("-inf"))
@@ -189,7 +203,7 @@ class I2IRetriever(Retriever):
         Backfill score = -1 / (1 + popularity): negative, so below every I2I score (> 0), and
         ordered by popularity.
         """
-        size, k = out_items.shape
+        _size, k = out_items.shape
         found = (out_items > 0).sum(1)
         needy = torch.nonzero(found < k).flatten()
         if needy.numel() == 0 or k == 0:
@@ -223,10 +237,15 @@ class I2IRetriever(Retriever):
         table = self.neighbours
         if table is None or self.popularity is None:
             raise DataError(f"{self.name}: nothing to save; fit the channel first")
-        save_file({"neighbours_indptr": table.indptr.astype(np.int64),
-                   "neighbours_indices": table.indices.astype(np.int64),
-                   "neighbours_data": table.data.astype(np.float32),
-                   "popularity": self.popularity.astype(np.float32)}, str(path / "state.safetensors"))
+        save_file(
+            {
+                "neighbours_indptr": table.indptr.astype(np.int64),
+                "neighbours_indices": table.indices.astype(np.int64),
+                "neighbours_data": table.data.astype(np.float32),
+                "popularity": self.popularity.astype(np.float32),
+            },
+            str(path / "state.safetensors"),
+        )
         return {"num_items": self.num_items}
 
     def load_state(self, path: Path, meta: dict) -> None:
@@ -235,6 +254,7 @@ class I2IRetriever(Retriever):
             raise DataError(f"{self.name}: saved state missing at {file}")
         state = load_file(str(file))
         size = int(meta["num_items"]) + 1
-        self.neighbours = sp.csr_matrix((state["neighbours_data"], state["neighbours_indices"],
-                                         state["neighbours_indptr"]), shape=(size, size))
+        self.neighbours = sp.csr_matrix(
+            (state["neighbours_data"], state["neighbours_indices"], state["neighbours_indptr"]), shape=(size, size)
+        )
         self.popularity = state["popularity"]

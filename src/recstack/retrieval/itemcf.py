@@ -23,8 +23,8 @@ from recstack.retrieval.i2i import I2IConfig, I2IRetriever, product_top_n
 
 @dataclass
 class ItemCFConfig(I2IConfig):
-    alpha: float = 0.5       # normaliser |U_i|^alpha |U_j|^(1-alpha); 0.5 = cosine
-    iuf: bool = True         # weight each user's co-occurrences by 1 / log(1 + |I_u|)
+    alpha: float = 0.5  # normaliser |U_i|^alpha |U_j|^(1-alpha); 0.5 = cosine
+    iuf: bool = True  # weight each user's co-occurrences by 1 / log(1 + |I_u|)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -35,7 +35,7 @@ class ItemCFConfig(I2IConfig):
 def _power(counts: np.ndarray, exponent: float) -> np.ndarray:
     """counts ** -exponent, with 0 where counts == 0 (items nobody interacted with)."""
     safe = np.where(counts > 0, counts, 1.0)
-    return np.where(counts > 0, safe ** -exponent, 0.0)
+    return np.where(counts > 0, safe**-exponent, 0.0)
 
 
 @register("retriever", "itemcf", config=ItemCFConfig)

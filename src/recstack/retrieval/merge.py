@@ -23,13 +23,17 @@ from recstack.errors import ConfigError, DataError
 
 @dataclass
 class MergeConfig:
-    quotas: dict[str, int] | None = None       # channel -> items taken; a channel not named gives all
-    k_total: int = 500                          # length of the merged list
+    quotas: dict[str, int] | None = None  # channel -> items taken; a channel not named gives all
+    k_total: int = 500  # length of the merged list
     normalise: Literal["rank", "raw"] = "rank"  # per-channel score before de-duplication
 
 
-def merge_candidates(channel_candidates: dict[str, Candidates], quotas: dict[str, int] | None,
-                     k_total: int, normalise: str = MergeConfig.normalise) -> Candidates:
+def merge_candidates(
+    channel_candidates: dict[str, Candidates],
+    quotas: dict[str, int] | None,
+    k_total: int,
+    normalise: str = MergeConfig.normalise,
+) -> Candidates:
     """Merge per-channel Candidates (each [B, K_c]) into Candidates [B, k_total].
 
     A single-channel Candidates is tagged with its dict key (so two configurations of one retriever
@@ -84,8 +88,7 @@ def merge_candidates(channel_candidates: dict[str, Candidates], quotas: dict[str
     unique_keys, inverse = torch.unique(keys, return_inverse=True)
     count = unique_keys.numel()
     best = torch.full((count,), float("-inf")).scatter_reduce(0, inverse, scores[valid], "amax")
-    first = torch.full((count,), items.shape[1], dtype=torch.long).scatter_reduce(
-        0, inverse, position[valid], "amin")
+    first = torch.full((count,), items.shape[1], dtype=torch.long).scatter_reduce(0, inverse, position[valid], "amin")
     # Each channel's evidence in the union's columns, [B, sum quotas, C]; then the best per merged item.
     spread = []
     for own, columns in evidence:
@@ -94,7 +97,8 @@ def merge_candidates(channel_candidates: dict[str, Candidates], quotas: dict[str
         spread.append(block)
     entry_evidence = torch.cat(spread, 1)[valid]  # [V, C]
     merged_evidence = torch.zeros(count, len(names)).scatter_reduce(
-        0, inverse.unsqueeze(1).expand_as(entry_evidence), entry_evidence, "amax")
+        0, inverse.unsqueeze(1).expand_as(entry_evidence), entry_evidence, "amax"
+    )
     merged_mask = torch.zeros(count, dtype=torch.long)
     for bit in range(len(names)):  # OR of tags, one bit at a time (no scatter-or in torch)
         hit = torch.zeros(count, dtype=torch.long).scatter_reduce(0, inverse, (masks[valid] >> bit) & 1, "amax")
@@ -135,8 +139,9 @@ def _hit_columns(items: torch.Tensor, targets: Jagged) -> torch.Tensor:
     return torch.where(sorted_keys[slot] == wanted, order[slot] % items.shape[1], -1)
 
 
-def channel_report(channel_candidates: dict[str, Candidates], merged: Candidates, targets: Jagged,
-                   ks: list[int] | tuple[int, ...]) -> dict:
+def channel_report(
+    channel_candidates: dict[str, Candidates], merged: Candidates, targets: Jagged, ks: list[int] | tuple[int, ...]
+) -> dict:
     """Recall@K per channel and for the merged list, and what each channel alone contributes.
 
     targets: Jagged with one row per batch row (the held-out items). Recall@K = hits in the top K /
@@ -146,8 +151,7 @@ def channel_report(channel_candidates: dict[str, Candidates], merged: Candidates
     {"recall@K": {channel..., "merged": r}, "exclusive@K": {channel: r}, "shared@K": r, "users": n}.
     """
     if targets.num_rows != merged.items.shape[0]:
-        raise DataError(f"channel_report: targets have {targets.num_rows} rows, candidates "
-                        f"{merged.items.shape[0]}")
+        raise DataError(f"channel_report: targets have {targets.num_rows} rows, candidates {merged.items.shape[0]}")
     lengths = targets.lengths().float()
     has_targets = lengths > 0
     users = int(has_targets.sum())
@@ -160,8 +164,7 @@ def channel_report(channel_candidates: dict[str, Candidates], merged: Candidates
     report: dict = {"users": users}
     merged_col = _hit_columns(merged.items, targets)
     for k in ks:
-        recall = {name: average(_hit_columns(c.items[:, :k], targets) >= 0)
-                  for name, c in channel_candidates.items()}
+        recall = {name: average(_hit_columns(c.items[:, :k], targets) >= 0) for name, c in channel_candidates.items()}
         in_top = (merged_col >= 0) & (merged_col < k)
         recall["merged"] = average(in_top)
         tag = torch.where(in_top, merged.channels[target_rows, merged_col.clamp(min=0)], 0)

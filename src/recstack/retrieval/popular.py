@@ -27,7 +27,7 @@ SECONDS_PER_DAY = 86_400
 
 @dataclass
 class PopularConfig:
-    window: float | None = None       # last fraction of the train time range, in (0, 1]; None = all
+    window: float | None = None  # last fraction of the train time range, in (0, 1]; None = all
     window_days: float | None = None  # or the last N days before the latest train timestamp
 
     def __post_init__(self) -> None:
@@ -48,7 +48,7 @@ class Popular(Retriever):
         self.config = config or PopularConfig()
         self.scores: torch.Tensor | None = None  # [num_items + 1], column 0 = padding (0)
 
-    def fit(self, dataset: Dataset) -> "Popular":
+    def fit(self, dataset: Dataset) -> Popular:
         train = dataset.split_frame("train")
         if train.height == 0:
             raise DataError(f"{dataset.name}: the train split is empty; Popular has nothing to count")
@@ -72,8 +72,10 @@ class Popular(Retriever):
         if self.config.window is not None:
             return last - self.config.window * (last - first)
         if dataset.meta.get("timestamp_kind") == "order":
-            raise ConfigError(f"window_days: dataset {dataset.name!r} has order positions, not times; "
-                              "use window (a fraction of the time range) instead")
+            raise ConfigError(
+                f"window_days: dataset {dataset.name!r} has order positions, not times; "
+                "use window (a fraction of the time range) instead"
+            )
         return last - self.config.window_days * SECONDS_PER_DAY
 
     def score_all(self, batch: UserBatch) -> torch.Tensor:

@@ -18,6 +18,7 @@ Vectorised in three sparse steps, never a loop over users or items:
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,11 +34,11 @@ _TRIPLES_PER_BLOCK = 10_000_000
 
 @dataclass
 class SwingConfig(I2IConfig):
-    alpha: float = 1.0                       # smoothing in 1 / (alpha + |I_u ∩ I_v|)
-    user_weighting: bool = True              # multiply by w_u w_v
-    alpha_user: float = 5.0                  # [I] w_u = 1 / (|I_u| + alpha_user) ** beta
-    beta: float = 0.35                       # [I]
-    max_users_per_item: int | None = 500     # sample at most this many users per item; None = all
+    alpha: float = 1.0  # smoothing in 1 / (alpha + |I_u ∩ I_v|)
+    user_weighting: bool = True  # multiply by w_u w_v
+    alpha_user: float = 5.0  # [I] w_u = 1 / (|I_u| + alpha_user) ** beta
+    beta: float = 0.35  # [I]
+    max_users_per_item: int | None = 500  # sample at most this many users per item; None = all
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -65,13 +66,12 @@ def _item_pair_triples(by_item: sp.csc_matrix, start: int, stop: int) -> tuple[n
     """All (u, v, i) with u < v both users of item i, for items start..stop-1. Returns (u, v, i)."""
     indptr = by_item.indptr
     positions = np.arange(indptr[start], indptr[stop])
-    items = np.repeat(np.arange(start, stop), np.diff(indptr[start:stop + 1]))
+    items = np.repeat(np.arange(start, stop), np.diff(indptr[start : stop + 1]))
     later = indptr[items + 1] - positions - 1  # partners after this position in the same column
     first = np.repeat(positions, later)
     block_offsets = np.repeat(np.cumsum(later) - later, later)
     second = first + 1 + (np.arange(len(first)) - block_offsets)
-    return by_item.indices[first].astype(np.int64), by_item.indices[second].astype(np.int64), \
-        np.repeat(items, later)
+    return by_item.indices[first].astype(np.int64), by_item.indices[second].astype(np.int64), np.repeat(items, later)
 
 
 @register("retriever", "swing", config=SwingConfig)
@@ -118,7 +118,7 @@ class Swing(I2IRetriever):
         cuts = np.searchsorted(triples, np.arange(_TRIPLES_PER_BLOCK, triples[-1], _TRIPLES_PER_BLOCK))
         bounds = np.unique(np.concatenate([[0], cuts, [width]]))
         pair_ids, pair_items = [], []
-        for start, stop in zip(bounds[:-1], bounds[1:]):  # loop over item blocks, vectorised inside
+        for start, stop in itertools.pairwise(bounds):  # loop over item blocks, vectorised inside
             u, v, items = _item_pair_triples(by_item, int(start), int(stop))
             keys = u * num_users + v
             slot = np.minimum(np.searchsorted(pair_keys, keys), len(pair_keys) - 1)
@@ -126,11 +126,11 @@ class Swing(I2IRetriever):
             pair_ids.append(slot[hit])
             pair_items.append(items[hit])
         pair_ids, pair_items = np.concatenate(pair_ids), np.concatenate(pair_items)
-        common = sp.csr_matrix((np.ones(len(pair_ids), np.float32), (pair_ids, pair_items)),
-                               shape=(len(pair_keys), width))
+        common = sp.csr_matrix(
+            (np.ones(len(pair_ids), np.float32), (pair_ids, pair_items)), shape=(len(pair_keys), width)
+        )
 
         # 3. sim = P^T diag(pair weight) P, diagonal dropped, top-N per item
         pair_weight = weights[pair_u] * weights[pair_v] / (config.alpha + pair_overlap)
-        weighted_t = sp.csr_matrix((pair_weight[pair_ids], (pair_items, pair_ids)),
-                                   shape=(width, len(pair_keys)))
+        weighted_t = sp.csr_matrix((pair_weight[pair_ids], (pair_items, pair_ids)), shape=(width, len(pair_keys)))
         return product_top_n(weighted_t, common, config.neighbours)

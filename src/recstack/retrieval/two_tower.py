@@ -36,7 +36,7 @@ from recstack.nn.mlp import MLP
 from recstack.registry import register
 from recstack.retrieval.ann import AnnConfig, AnnIndex
 from recstack.retrieval.base import Retriever
-from recstack.train import CallableBatchSource, Trainer, TrainConfig, load_weights, save_weights, seed_everything
+from recstack.train import CallableBatchSource, TrainConfig, Trainer, load_weights, save_weights, seed_everything
 
 
 @dataclass
@@ -47,10 +47,10 @@ class TwoTowerConfig:
     layer_norm: bool = False
     max_history: int = 50
     pooling: Literal["mean", "attention"] = "attention"
-    user_id: bool = False                # add a user id embedding to the user tower
+    user_id: bool = False  # add a user id embedding to the user tower
     item_feature_columns: list[str] | None = None  # None = auto: categorical columns that are not text fields
     user_feature_columns: list[str] | None = None  # None = auto; [] = none
-    max_feature_ratio: float = 0.5       # auto skips columns with more distinct values per row (ids, free text)
+    max_feature_ratio: float = 0.5  # auto skips columns with more distinct values per row (ids, free text)
     feature_separator: str = r"\s*[|,]\s*"  # regex: "Action, Comedy" -> two tokens
     temperature: float = 0.05
     loss: Literal["in_batch", "sampled", "mixed"] = "in_batch"
@@ -71,8 +71,9 @@ class TwoTowerConfig:
             raise ConfigError(f"temperature must be > 0, got {self.temperature!r}")
 
 
-def in_batch_logits(users: torch.Tensor, items: torch.Tensor, item_ids: torch.Tensor,
-                    log_q: torch.Tensor | None, temperature: float) -> torch.Tensor:
+def in_batch_logits(
+    users: torch.Tensor, items: torch.Tensor, item_ids: torch.Tensor, log_q: torch.Tensor | None, temperature: float
+) -> torch.Tensor:
     """users, items: [B, D]; item_ids: [B]; log_q: [B] log Q of each column's item (None = no correction).
 
     Returns [B, B] logits (row i's positive on the diagonal); other columns holding row i's item -> -inf.
@@ -85,8 +86,14 @@ def in_batch_logits(users: torch.Tensor, items: torch.Tensor, item_ids: torch.Te
     return logits.masked_fill(duplicate, float("-inf"))
 
 
-def sampled_logits(users: torch.Tensor, negatives: torch.Tensor, negative_ids: torch.Tensor,
-                   positive_ids: torch.Tensor, log_q: torch.Tensor | None, temperature: float) -> torch.Tensor:
+def sampled_logits(
+    users: torch.Tensor,
+    negatives: torch.Tensor,
+    negative_ids: torch.Tensor,
+    positive_ids: torch.Tensor,
+    log_q: torch.Tensor | None,
+    temperature: float,
+) -> torch.Tensor:
     """users: [B, D]; negatives: [N, D] shared by all rows; negative_ids: [N]; positive_ids: [B];
     log_q: [N] sampler log-probabilities. Returns [B, N]; a negative equal to the row's positive -> -inf."""
     logits = users @ negatives.T / temperature
@@ -96,8 +103,14 @@ def sampled_logits(users: torch.Tensor, negatives: torch.Tensor, negative_ids: t
 
 
 class TwoTowerModel(nn.Module):
-    def __init__(self, config: TwoTowerConfig, num_users: int, num_items: int,
-                 item_bag: tuple[int, int] | None, user_bag: tuple[int, int] | None) -> None:
+    def __init__(
+        self,
+        config: TwoTowerConfig,
+        num_users: int,
+        num_items: int,
+        item_bag: tuple[int, int] | None,
+        user_bag: tuple[int, int] | None,
+    ) -> None:
         """item_bag / user_bag: (vocabulary size, token count) of the feature tables, None = no features."""
         super().__init__()
         self.config, self.num_users, d = config, num_users, config.dim
@@ -107,14 +120,14 @@ class TwoTowerModel(nn.Module):
         self.user_features = FeatureBag(*user_bag, num_users + 1, d) if user_bag else None
         if config.pooling == "attention":
             self.position = nn.Embedding(config.max_history, d)
-            self.query = nn.Parameter(torch.randn(d) * d ** -0.5)
+            self.query = nn.Parameter(torch.randn(d) * d**-0.5)
         user_in = d * (1 + (self.user_embedding is not None) + (self.user_features is not None))
         mlp = dict(hidden=config.hidden, dropout=config.dropout, layer_norm=config.layer_norm)
         self.user_mlp, self.item_mlp = MLP(user_in, out_dim=d, **mlp), MLP(d, out_dim=d, **mlp)
         self.register_buffer("log_q", torch.zeros(num_items + 1))  # log train frequency, for in-batch logQ
         for embedding in (self.item_embedding, self.user_embedding):
             if embedding is not None:
-                nn.init.normal_(embedding.weight, std=d ** -0.5)
+                nn.init.normal_(embedding.weight, std=d**-0.5)
                 embedding.weight.data[0] = 0
 
     def item_input(self, items: torch.Tensor) -> torch.Tensor:
@@ -133,7 +146,7 @@ class TwoTowerModel(nn.Module):
         if self.config.pooling == "mean":
             pooled = (h * mask).sum(1) / mask.sum(1).clamp(min=1)
         else:
-            positions = self.position.weight[-history.shape[1]:]  # column T-1 = most recent
+            positions = self.position.weight[-history.shape[1] :]  # column T-1 = most recent
             logits = ((h + positions) @ self.query / h.shape[-1] ** 0.5).masked_fill(~mask.squeeze(-1), float("-inf"))
             pooled = (torch.softmax(logits, 1).nan_to_num(0.0).unsqueeze(-1) * h).sum(1)  # empty row -> 0
         users = users.masked_fill(users > self.num_users, 0)
@@ -153,15 +166,24 @@ class TwoTowerModel(nn.Module):
             parts.append((positive - batch["positive_log_q"] if cfg.logq else positive).unsqueeze(1))
         if cfg.loss in ("sampled", "mixed"):
             negatives = self.item_vectors(batch["negatives"])
-            parts.append(sampled_logits(user, negatives, batch["negatives"], items,
-                                        batch["negative_log_q"] if cfg.logq else None, cfg.temperature))
+            parts.append(
+                sampled_logits(
+                    user,
+                    negatives,
+                    batch["negatives"],
+                    items,
+                    batch["negative_log_q"] if cfg.logq else None,
+                    cfg.temperature,
+                )
+            )
         logits = torch.cat(parts, 1)
         target = torch.arange(len(items), device=items.device) if cfg.loss != "sampled" else torch.zeros_like(items)
         return {"loss": F.cross_entropy(logits, target)}
 
 
-def _feature_table(frame, key: str, num_rows: int, columns: list[str] | None, skip: set[str],
-                   config: TwoTowerConfig) -> TokenTable | None:
+def _feature_table(
+    frame, key: str, num_rows: int, columns: list[str] | None, skip: set[str], config: TwoTowerConfig
+) -> TokenTable | None:
     """Token bags of the chosen (or auto-detected) categorical columns; None when there are none."""
     if columns is None:
         columns = [c for c in frame.columns if c not in skip and is_categorical(frame, c, config.max_feature_ratio)]
@@ -184,15 +206,24 @@ class TwoTower(Retriever):
         self._fitting = False
 
     # ---- training -----------------------------------------------------------------------------
-    def fit(self, dataset: Dataset) -> "TwoTower":
+    def fit(self, dataset: Dataset) -> TwoTower:
         cfg = self.config
         train = dataset.split_frame("train")
         if train.height == 0:
             raise DataError(f"{dataset.name}: the train split is empty; two_tower has nothing to learn from")
-        tables = {"item": _feature_table(dataset.items, "item", dataset.num_items + 1, cfg.item_feature_columns,
-                                         {"item", "raw_id", *dataset.text_fields}, cfg),
-                  "user": _feature_table(dataset.users, "user", dataset.num_users + 1, cfg.user_feature_columns,
-                                         {"user", "raw_id"}, cfg)}
+        tables = {
+            "item": _feature_table(
+                dataset.items,
+                "item",
+                dataset.num_items + 1,
+                cfg.item_feature_columns,
+                {"item", "raw_id", *dataset.text_fields},
+                cfg,
+            ),
+            "user": _feature_table(
+                dataset.users, "user", dataset.num_users + 1, cfg.user_feature_columns, {"user", "raw_id"}, cfg
+            ),
+        }
         self.feature_columns = {k: (t.columns if t else []) for k, t in tables.items()}
         shapes = {k: (len(t.vocab), t.weights.numel()) if t else None for k, t in tables.items()}
         seed_everything(cfg.train.seed)  # the initial weights too are a function of the seed
@@ -204,12 +235,14 @@ class TwoTower(Retriever):
         model.log_q.copy_(torch.log(counts.clamp(min=1.0) / counts.sum()))
         model.log_q[0] = 0.0
         self.model, self.ann, self._fitting = model, None, True
-        source = CallableBatchSource(train.height, self._collate(train, counts), cfg.train.batch_size,
-                                     shuffle=True, seed=cfg.train.seed)
+        source = CallableBatchSource(
+            train.height, self._collate(train, counts), cfg.train.batch_size, shuffle=True, seed=cfg.train.seed
+        )
         has_valid = dataset.split_frame("valid").height > 0
         try:
-            self.train_result = Trainer(model, cfg.train, source, self._evaluator(dataset) if has_valid else None,
-                                        device=cfg.device).fit()
+            self.train_result = Trainer(
+                model, cfg.train, source, self._evaluator(dataset) if has_valid else None, device=cfg.device
+            ).fit()
         finally:
             self._fitting = False
         model.eval()
@@ -227,19 +260,28 @@ class TwoTower(Retriever):
         window = torch.arange(-cfg.max_history, 0)
         sampler = None
         if cfg.loss != "in_batch":
-            sampler = (PopularitySampler(counts, cfg.sampler_alpha) if cfg.sampler == "popularity"
-                       else UniformSampler(len(counts) - 1))
+            sampler = (
+                PopularitySampler(counts, cfg.sampler_alpha)
+                if cfg.sampler == "popularity"
+                else UniformSampler(len(counts) - 1)
+            )
             sampler.generator = None  # draw from the global RNG, which the Trainer seeds and checkpoints
 
         def collate(rows: torch.Tensor) -> dict[str, torch.Tensor]:
             positions = rows.unsqueeze(1) + window  # [B, T]: the T rows before each example
             inside = positions >= first_row[rows].unsqueeze(1)
-            batch = {"users": users[rows], "items": items[rows],
-                     "history": items[positions.clamp(min=0)].masked_fill(~inside, 0)}
+            batch = {
+                "users": users[rows],
+                "items": items[rows],
+                "history": items[positions.clamp(min=0)].masked_fill(~inside, 0),
+            }
             if sampler is not None:
                 negatives = sampler.sample(1, cfg.num_negatives)[0]
-                batch.update(negatives=negatives, negative_log_q=sampler.log_prob(negatives),
-                             positive_log_q=sampler.log_prob(batch["items"]))
+                batch.update(
+                    negatives=negatives,
+                    negative_log_q=sampler.log_prob(negatives),
+                    positive_log_q=sampler.log_prob(batch["items"]),
+                )
             return batch
 
         return collate
@@ -310,10 +352,14 @@ class TwoTower(Retriever):
         if self.ann is not None:
             self.ann.save(path, "ann")
         bags = {"item": model.item_features, "user": model.user_features}
-        return {"num_users": model.num_users, "num_items": model.item_embedding.num_embeddings - 1,
-                "feature_columns": self.feature_columns,
-                "feature_shapes": {k: [b.bag.num_embeddings, b.token_ids.numel()] if b is not None else None
-                                   for k, b in bags.items()}}
+        return {
+            "num_users": model.num_users,
+            "num_items": model.item_embedding.num_embeddings - 1,
+            "feature_columns": self.feature_columns,
+            "feature_shapes": {
+                k: [b.bag.num_embeddings, b.token_ids.numel()] if b is not None else None for k, b in bags.items()
+            },
+        }
 
     def load_state(self, path: Path, meta: dict) -> None:
         shapes = meta["feature_shapes"]

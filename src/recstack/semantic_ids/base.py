@@ -13,10 +13,11 @@ the codebook) lives here, once, so every quantizer rejects bad input with the sa
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,12 +29,15 @@ from recstack.errors import ConfigError, DataError
 from recstack.registry import add_plugin_modules, load_saved_config
 from recstack.train.checkpoint import atomic_dir, write_json
 
-add_plugin_modules("quantizer", [
-    "recstack.semantic_ids.rq_kmeans",
-    "recstack.semantic_ids.fsq",
-    "recstack.semantic_ids.rq_vae",
-    "recstack.semantic_ids.rq_gmm",
-])
+add_plugin_modules(
+    "quantizer",
+    [
+        "recstack.semantic_ids.rq_kmeans",
+        "recstack.semantic_ids.fsq",
+        "recstack.semantic_ids.rq_vae",
+        "recstack.semantic_ids.rq_gmm",
+    ],
+)
 
 ArrayLike = torch.Tensor | np.ndarray
 
@@ -59,7 +63,8 @@ def limited_threads(threads: int) -> Iterator[None]:
     previous = torch.get_num_threads()
     torch.set_num_threads(min(threads, previous))
     try:
-        import faiss  # noqa: PLC0415 (optional here: only the K-means quantizers need it)
+        import faiss
+
         faiss.omp_set_num_threads(min(threads, previous))
     except ImportError:  # pragma: no cover
         pass
@@ -90,15 +95,19 @@ def to_float_rows(x: ArrayLike, where: str, row_offset: int = 0) -> torch.Tensor
     bad = ~torch.isfinite(rows).all(dim=1)
     if bool(bad.any()):
         bad_rows = torch.nonzero(bad).flatten()
-        raise DataError(f"{where}: embedding row {int(bad_rows[0]) + row_offset} contains NaN or inf "
-                        f"({bad_rows.numel()} bad row(s) in rows {row_offset}..{row_offset + rows.shape[0] - 1})")
+        raise DataError(
+            f"{where}: embedding row {int(bad_rows[0]) + row_offset} contains NaN or inf "
+            f"({bad_rows.numel()} bad row(s) in rows {row_offset}..{row_offset + rows.shape[0] - 1})"
+        )
     return rows
 
 
 def check_enough_rows(n: int, codebook_size: int, where: str) -> None:
     if n < codebook_size:
-        raise DataError(f"{where}: codebook size {codebook_size} is larger than the number of items ({n}); "
-                        f"use a smaller codebook_size or more items")
+        raise DataError(
+            f"{where}: codebook size {codebook_size} is larger than the number of items ({n}); "
+            f"use a smaller codebook_size or more items"
+        )
 
 
 class Quantizer:
@@ -144,7 +153,7 @@ class Quantizer:
     def fitted(self) -> bool:
         return self.dim is not None
 
-    def fit(self, embeddings: ArrayLike) -> "Quantizer":
+    def fit(self, embeddings: ArrayLike) -> Quantizer:
         """embeddings: [N, D] float, all finite, N >= the codebook size."""
         where = f"{self.name}.fit"
         x = to_float_rows(check_matrix(embeddings, where), where)
@@ -175,8 +184,8 @@ class Quantizer:
         codes = torch.empty(n, self.levels, dtype=torch.long)
         with limited_threads(self.config.threads), torch.no_grad():
             for start in range(0, n, step):
-                rows = to_float_rows(embeddings[start:start + step], where, row_offset=row_offset + start)
-                codes[start:start + rows.shape[0]] = self._encode_chunk(rows)
+                rows = to_float_rows(embeddings[start : start + step], where, row_offset=row_offset + start)
+                codes[start : start + rows.shape[0]] = self._encode_chunk(rows)
         return codes
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
@@ -188,7 +197,7 @@ class Quantizer:
         out = torch.empty(codes.shape[0], self.dim, dtype=torch.float32)
         with limited_threads(self.config.threads), torch.no_grad():
             for start in range(0, codes.shape[0], step):
-                out[start:start + step] = self._decode_chunk(codes[start:start + step])
+                out[start : start + step] = self._decode_chunk(codes[start : start + step])
         return out
 
     def check_codes(self, codes: torch.Tensor, where: str) -> torch.Tensor:
@@ -203,8 +212,10 @@ class Quantizer:
         bad = (codes < 0) | (codes >= sizes)
         if bool(bad.any()):
             row, level = (int(v) for v in torch.nonzero(bad)[0])
-            raise DataError(f"{where}: code {int(codes[row, level])} in row {row}, level {level} is outside "
-                            f"[0, {self.codebook_sizes[level]})")
+            raise DataError(
+                f"{where}: code {int(codes[row, level])} in row {row}, level {level} is outside "
+                f"[0, {self.codebook_sizes[level]})"
+            )
         return codes
 
     def _require_fitted(self, where: str) -> None:
@@ -216,14 +227,19 @@ class Quantizer:
         """Write config.json (registry name, config, dim) + state.safetensors atomically into `path`."""
         self._require_fitted(f"{self.name}.save")
         tensors, extra = self._state()
-        meta = {"name": self.name, "config": to_dict(self.config), "dim": self.dim,
-                "codebook_sizes": self.codebook_sizes, **extra}
+        meta = {
+            "name": self.name,
+            "config": to_dict(self.config),
+            "dim": self.dim,
+            "codebook_sizes": self.codebook_sizes,
+            **extra,
+        }
         with atomic_dir(path) as tmp:
             save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / "state.safetensors"))
             write_json(tmp / "config.json", meta)
 
     @staticmethod
-    def load(path: str | Path) -> "Quantizer":
+    def load(path: str | Path) -> Quantizer:
         path = Path(path)
         entry, config, meta = load_saved_config(path, "quantizer")
         try:

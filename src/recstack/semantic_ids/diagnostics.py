@@ -13,7 +13,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -25,8 +26,15 @@ def level_stats(codes: torch.Tensor, codebook_sizes: list[int]) -> list[dict[str
         _, counts = torch.unique(codes[:, level], return_counts=True)
         p = counts.double() / codes.shape[0]
         entropy = float(-(p * torch.log2(p)).sum())
-        out.append({"codebook_size": size, "used": int(counts.numel()), "utilisation": counts.numel() / size,
-                    "entropy_bits": entropy, "entropy_normalised": entropy / math.log2(size) if size > 1 else 1.0})
+        out.append(
+            {
+                "codebook_size": size,
+                "used": int(counts.numel()),
+                "utilisation": counts.numel() / size,
+                "entropy_bits": entropy,
+                "entropy_normalised": entropy / math.log2(size) if size > 1 else 1.0,
+            }
+        )
     return out
 
 
@@ -36,27 +44,41 @@ def tuple_stats(codes: torch.Tensor) -> dict[str, Any]:
     _, counts = torch.unique(codes, dim=0, return_counts=True)
     shared = int(counts[counts > 1].sum())
     prefixes = [int(torch.unique(codes[:, :depth], dim=0).shape[0]) for depth in range(1, codes.shape[1] + 1)]
-    return {"items": n, "unique_tuples": int(counts.numel()), "collision_rate": shared / n,
-            "exclusivity": 1.0 - shared / n, "max_items_per_tuple": int(counts.max()),
-            "mean_items_per_tuple": n / counts.numel(), "unique_prefixes": prefixes}
+    return {
+        "items": n,
+        "unique_tuples": int(counts.numel()),
+        "collision_rate": shared / n,
+        "exclusivity": 1.0 - shared / n,
+        "max_items_per_tuple": int(counts.max()),
+        "mean_items_per_tuple": n / counts.numel(),
+        "unique_prefixes": prefixes,
+    }
 
 
-def reconstruction_error(embeddings: torch.Tensor, decode: Callable[[torch.Tensor], torch.Tensor],
-                         codes: torch.Tensor, chunk_size: int = 65536) -> dict[str, float]:
+def reconstruction_error(
+    embeddings: torch.Tensor,
+    decode: Callable[[torch.Tensor], torch.Tensor],
+    codes: torch.Tensor,
+    chunk_size: int = 65536,
+) -> dict[str, float]:
     """RMSE of decode(codes) against embeddings [N, D], computed chunk by chunk (float64 sums)."""
     squared_error = squared_norm = 0.0
     for start in range(0, codes.shape[0], chunk_size):
-        x = torch.as_tensor(embeddings[start:start + chunk_size]).double()
-        x_hat = decode(codes[start:start + chunk_size]).double()
+        x = torch.as_tensor(embeddings[start : start + chunk_size]).double()
+        x_hat = decode(codes[start : start + chunk_size]).double()
         squared_error += float(((x - x_hat) ** 2).sum())
-        squared_norm += float((x ** 2).sum())
+        squared_norm += float((x**2).sum())
     count = codes.shape[0] * embeddings.shape[1]
     rmse = math.sqrt(squared_error / count)
     return {"reconstruction_rmse": rmse, "relative_rmse": rmse / max(math.sqrt(squared_norm / count), 1e-30)}
 
 
-def code_diagnostics(codes: torch.Tensor, codebook_sizes: list[int], embeddings: torch.Tensor | None = None,
-                     decode: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, Any]:
+def code_diagnostics(
+    codes: torch.Tensor,
+    codebook_sizes: list[int],
+    embeddings: torch.Tensor | None = None,
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> dict[str, Any]:
     """Everything above for codes [N, L] (no padding row); RMSE only when embeddings and decode are given."""
     codes = torch.as_tensor(codes).long()
     levels = level_stats(codes, codebook_sizes)

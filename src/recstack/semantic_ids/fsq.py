@@ -69,9 +69,9 @@ class FSQLevel:
         centred = r.double() - mean
         cov = centred.T @ centred / max(r.shape[0] - 1, 1)
         _, vectors = torch.linalg.eigh(cov)  # ascending eigenvalues
-        directions = vectors[:, -self.dims:].flip(1)
+        directions = vectors[:, -self.dims :].flip(1)
         if directions.shape[1] < self.dims:  # fewer input dims than fsq_dims: repeat directions
-            directions = directions.repeat(1, math.ceil(self.dims / directions.shape[1]))[:, :self.dims]
+            directions = directions.repeat(1, math.ceil(self.dims / directions.shape[1]))[:, : self.dims]
         projected = centred @ directions
         # put the top digit's threshold (sigmoid = (L − ½)/L) at the 1 − 1/(L+1) quantile of |projection|
         threshold = math.log((self.levels - 0.5) / 0.5) if self.levels > 1 else 1.0  # L=1: only the sign counts
@@ -123,14 +123,15 @@ class ResKMeansFSQConfig(QuantizerConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.kmeans_levels < 0 or self.codebook_size <= 0 or self.fsq_dims <= 0 or self.fsq_levels <= 0:
-            raise ConfigError("res_kmeans_fsq: kmeans_levels must be >= 0; codebook_size, fsq_dims and "
-                              "fsq_levels must be > 0")
+            raise ConfigError(
+                "res_kmeans_fsq: kmeans_levels must be >= 0; codebook_size, fsq_dims and fsq_levels must be > 0"
+            )
         if self.fsq_projection not in ("learned", "pca"):
-            raise ConfigError(f"res_kmeans_fsq.fsq_projection: {self.fsq_projection!r} is not one of "
-                              f"'learned', 'pca'")
+            raise ConfigError(f"res_kmeans_fsq.fsq_projection: {self.fsq_projection!r} is not one of 'learned', 'pca'")
         if self.fsq_dims * math.log2(self.fsq_levels + 1) > 62:
-            raise ConfigError(f"res_kmeans_fsq: (fsq_levels+1)^fsq_dims = {self.fsq_levels + 1}^{self.fsq_dims} "
-                              f"does not fit in int64")
+            raise ConfigError(
+                f"res_kmeans_fsq: (fsq_levels+1)^fsq_dims = {self.fsq_levels + 1}^{self.fsq_dims} does not fit in int64"
+            )
 
 
 @register("quantizer", "res_kmeans_fsq", config=ResKMeansFSQConfig)
@@ -142,8 +143,9 @@ class ResKMeansFSQ(Quantizer):
     def __init__(self, config: ResKMeansFSQConfig | None = None) -> None:
         super().__init__(config or ResKMeansFSQConfig())
         c = self.config
-        self.stack = ResidualKMeans([c.codebook_size] * c.kmeans_levels, c.kmeans, c.residual_norm, c.seed,
-                                    c.chunk_size)
+        self.stack = ResidualKMeans(
+            [c.codebook_size] * c.kmeans_levels, c.kmeans, c.residual_norm, c.seed, c.chunk_size
+        )
         self.fsq = FSQLevel(c.fsq_dims, c.fsq_levels)
 
     @property

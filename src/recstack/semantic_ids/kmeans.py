@@ -71,15 +71,16 @@ def squared_distances(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     return dist.clamp_min_(0.0)
 
 
-def assign(x: torch.Tensor, centroids: torch.Tensor, bias: torch.Tensor | None = None,
-           chunk_size: int = 65536) -> torch.Tensor:
+def assign(
+    x: torch.Tensor, centroids: torch.Tensor, bias: torch.Tensor | None = None, chunk_size: int = 65536
+) -> torch.Tensor:
     """LongTensor[N]: argmin_k ||x - c_k||² + bias_k, computed chunk_size rows at a time."""
     out = torch.empty(x.shape[0], dtype=torch.long)
     # ||x||² is constant per row, so it is left out of the argmin.
     offset = (centroids * centroids).sum(1) + (bias if bias is not None else 0.0)
     for start in range(0, x.shape[0], chunk_size):
-        rows = x[start:start + chunk_size]
-        out[start:start + rows.shape[0]] = (offset - 2.0 * rows @ centroids.T).argmin(1)
+        rows = x[start : start + chunk_size]
+        out[start : start + rows.shape[0]] = (offset - 2.0 * rows @ centroids.T).argmin(1)
     return out
 
 
@@ -160,8 +161,9 @@ def capacity_bias(dist: torch.Tensor, capacity: int, rounds: int, start: torch.T
     return (price - price.mean()).float()
 
 
-def balance_bias(x: torch.Tensor, centroids: torch.Tensor, config: KMeansConfig,
-                 start: torch.Tensor | None = None) -> torch.Tensor:
+def balance_bias(
+    x: torch.Tensor, centroids: torch.Tensor, config: KMeansConfig, start: torch.Tensor | None = None
+) -> torch.Tensor:
     dist = squared_distances(x, centroids)
     if config.balance == "sinkhorn":
         return sinkhorn_bias(dist, config.sinkhorn_epsilon, config.sinkhorn_iters, start)
@@ -184,18 +186,26 @@ def fit_kmeans(x: torch.Tensor, k: int, config: KMeansConfig, seed: int) -> KMea
     data = np.ascontiguousarray(x.numpy(), dtype=np.float32)
     best_obj, centroids = math.inf, None
     for run in range(config.nredo):
-        km = faiss.Kmeans(d, k, niter=config.niter, seed=seed + run, verbose=False, spherical=False,
-                          max_points_per_centroid=config.max_points_per_centroid, min_points_per_centroid=1)
+        km = faiss.Kmeans(
+            d,
+            k,
+            niter=config.niter,
+            seed=seed + run,
+            verbose=False,
+            spherical=False,
+            max_points_per_centroid=config.max_points_per_centroid,
+            min_points_per_centroid=1,
+        )
         init = None
         if config.init == "kmeans++":
-            sample = torch.randperm(n, generator=generator)[:min(n, config.init_sample_per_centroid * k)]
+            sample = torch.randperm(n, generator=generator)[: min(n, config.init_sample_per_centroid * k)]
             init = kmeans_plus_plus(x[sample], k, generator, config.kmeanspp_trials).numpy()
         km.train(data, init_centroids=init)
         if float(km.obj[-1]) < best_obj:
             best_obj, centroids = float(km.obj[-1]), torch.from_numpy(km.centroids.copy())
     bias = torch.zeros(k)
     if config.balance != "none":
-        train = x[torch.randperm(n, generator=generator)[:min(n, config.max_points_per_centroid * k)]]
+        train = x[torch.randperm(n, generator=generator)[: min(n, config.max_points_per_centroid * k)]]
         bias = None  # each round warm-starts from the previous prices: the centroids move little
         for _ in range(config.balance_iters):
             bias = balance_bias(train, centroids, config, bias)

@@ -52,12 +52,13 @@ class DiagGMM:
     def predict(self, x: torch.Tensor, chunk_size: int) -> torch.Tensor:
         out = torch.empty(x.shape[0], dtype=torch.long)
         for start in range(0, x.shape[0], chunk_size):
-            out[start:start + chunk_size] = self.log_joint(x[start:start + chunk_size]).argmax(1)
+            out[start : start + chunk_size] = self.log_joint(x[start : start + chunk_size]).argmax(1)
         return out
 
 
-def sufficient_stats(rows: torch.Tensor, joint: torch.Tensor, norm: torch.Tensor,
-                     topk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def sufficient_stats(
+    rows: torch.Tensor, joint: torch.Tensor, norm: torch.Tensor, topk: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Σγ [K], Σγx [K, D], Σγx² [K, D] (float64) of one chunk. topk > 0 keeps each row's `topk`
     largest responsibilities (a sparse M-step: in high dimensions the rest are ~0)."""
     k = joint.shape[1]
@@ -77,8 +78,17 @@ def sufficient_stats(rows: torch.Tensor, joint: torch.Tensor, norm: torch.Tensor
     return s0.double(), weighted[:, :d].double(), weighted[:, d:].double()
 
 
-def em(x: torch.Tensor, gmm: DiagGMM, iters: int, tol: float, floor: float, floor_mode: str = "clamp",
-       reseed_min_weight: float = 0.0, chunk_size: int = 65536, resp_topk: int = 0) -> tuple[DiagGMM, list[float]]:
+def em(
+    x: torch.Tensor,
+    gmm: DiagGMM,
+    iters: int,
+    tol: float,
+    floor: float,
+    floor_mode: str = "clamp",
+    reseed_min_weight: float = 0.0,
+    chunk_size: int = 65536,
+    resp_topk: int = 0,
+) -> tuple[DiagGMM, list[float]]:
     """Run EM on x [N, D] (its dtype is the compute dtype) from `gmm`; returns the fitted mixture and
     the mean log-likelihood per row at each E-step. Stops when the mean log-likelihood changes by
     less than `tol` relative to its size."""
@@ -91,14 +101,14 @@ def em(x: torch.Tensor, gmm: DiagGMM, iters: int, tol: float, floor: float, floo
         s2 = torch.zeros_like(s1)
         point_ll = torch.empty(n, dtype=torch.float64)
         for start in range(0, n, chunk_size):
-            rows = x[start:start + chunk_size]
+            rows = x[start : start + chunk_size]
             joint = gmm.log_joint(rows)
             norm = torch.logsumexp(joint, 1)
             chunk_s0, chunk_s1, chunk_s2 = sufficient_stats(rows, joint, norm, resp_topk)
             s0 += chunk_s0
             s1 += chunk_s1
             s2 += chunk_s2
-            point_ll[start:start + rows.shape[0]] = norm.double()
+            point_ll[start : start + rows.shape[0]] = norm.double()
         # M-step (an empty component keeps its previous parameters)
         alive = s0 > 1e-10
         nk = s0.clamp_min(1e-10)[:, None]
@@ -142,10 +152,14 @@ class RQGMMConfig(QuantizerConfig):
         super().__post_init__()
         if self.levels <= 0 or self.codebook_size <= 0 or self.em_iters <= 0:
             raise ConfigError("rq_gmm: levels, codebook_size and em_iters must be > 0")
-        if self.variance_floor <= 0 or min(self.tol, self.reseed_min_weight, self.max_points_per_component,
-                                           self.resp_topk) < 0:
-            raise ConfigError("rq_gmm: variance_floor must be > 0; tol, reseed_min_weight, "
-                              "max_points_per_component and resp_topk must be >= 0")
+        if (
+            self.variance_floor <= 0
+            or min(self.tol, self.reseed_min_weight, self.max_points_per_component, self.resp_topk) < 0
+        ):
+            raise ConfigError(
+                "rq_gmm: variance_floor must be > 0; tol, reseed_min_weight, "
+                "max_points_per_component and resp_topk must be >= 0"
+            )
 
 
 @register("quantizer", "rq_gmm", config=RQGMMConfig)
@@ -179,7 +193,7 @@ class RQGMM(Quantizer):
         if c.init == "kmeans":
             means = fit_kmeans(x.float(), k, c.kmeans, seed).centroids.to(x.dtype)
         else:
-            sample = torch.randperm(x.shape[0], generator=generator)[:c.kmeans.init_sample_per_centroid * k]
+            sample = torch.randperm(x.shape[0], generator=generator)[: c.kmeans.init_sample_per_centroid * k]
             means = kmeans_plus_plus(x[sample], k, generator, c.kmeans.kmeanspp_trials)
         labels = assign(x, means, chunk_size=c.chunk_size)
         counts = torch.bincount(labels, minlength=k).double()[:, None]
@@ -202,11 +216,18 @@ class RQGMM(Quantizer):
                 train = centred[torch.randperm(centred.shape[0], generator=generator)[:limit]]
             floor = c.variance_floor * (float(train.double().var(0).mean()) if c.floor_relative else 1.0)
             gmm = self._init_level(train, floor, c.seed + 1000 * level)
-            gmm, history = em(train, gmm, c.em_iters, c.tol, floor, c.floor_mode, c.reseed_min_weight,
-                              c.chunk_size, c.resp_topk)
+            gmm, history = em(
+                train, gmm, c.em_iters, c.tol, floor, c.floor_mode, c.reseed_min_weight, c.chunk_size, c.resp_topk
+            )
             self.history.append(history)
-            self.tensors.update({f"center.{level}": center.float(), f"log_weights.{level}": gmm.log_weights,
-                                 f"means.{level}": gmm.means, f"variances.{level}": gmm.variances})
+            self.tensors.update(
+                {
+                    f"center.{level}": center.float(),
+                    f"log_weights.{level}": gmm.log_weights,
+                    f"means.{level}": gmm.means,
+                    f"variances.{level}": gmm.variances,
+                }
+            )
             labels = gmm.predict(centred, c.chunk_size)
             residual = centred - gmm.means.to(self._dtype)[labels]
 

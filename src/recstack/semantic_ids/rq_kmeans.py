@@ -32,8 +32,9 @@ class ResidualKMeans:
     shift [D], scale [D] (normalisation), assign_centroids [K_l, D] (in the normalised space),
     bias [K_l] (balancing), centroids [K_l, D] (reconstruction, in the residual's own space)."""
 
-    def __init__(self, sizes: list[int], kmeans: KMeansConfig, residual_norm: ResidualNorm, seed: int,
-                 chunk_size: int) -> None:
+    def __init__(
+        self, sizes: list[int], kmeans: KMeansConfig, residual_norm: ResidualNorm, seed: int, chunk_size: int
+    ) -> None:
         self.sizes, self.kmeans, self.residual_norm = sizes, kmeans, residual_norm
         self.seed, self.chunk_size = seed, chunk_size
         self.tensors: dict[str, torch.Tensor] = {}
@@ -100,8 +101,9 @@ class RQKMeansConfig(QuantizerConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.levels <= 0 or self.codebook_size <= 0:
-            raise ConfigError(f"rq_kmeans: levels and codebook_size must be > 0, "
-                              f"got {self.levels} and {self.codebook_size}")
+            raise ConfigError(
+                f"rq_kmeans: levels and codebook_size must be > 0, got {self.levels} and {self.codebook_size}"
+            )
 
 
 @register("quantizer", "rq_kmeans", config=RQKMeansConfig)

@@ -28,8 +28,9 @@ from recstack.semantic_ids.kmeans import KMeansConfig, fit_kmeans, squared_dista
 
 
 class RQVAENet(nn.Module):
-    def __init__(self, dim: int, hidden: list[int], latent_dim: int, levels: int, codebook_size: int,
-                 beta: float) -> None:
+    def __init__(
+        self, dim: int, hidden: list[int], latent_dim: int, levels: int, codebook_size: int, beta: float
+    ) -> None:
         super().__init__()
         self.beta = beta
         self.encoder = MLP(dim, hidden, latent_dim)
@@ -44,8 +45,11 @@ class RQVAENet(nn.Module):
             residuals.append(residual)
             code = squared_distances(residual.detach(), codebook.detach()).argmin(1)
             chosen = codebook[code]
-            loss = loss + (residual.detach() - chosen).pow(2).sum(1).mean() \
+            loss = (
+                loss
+                + (residual.detach() - chosen).pow(2).sum(1).mean()
                 + self.beta * (residual - chosen.detach()).pow(2).sum(1).mean()
+            )
             quantized = quantized + chosen
             residual = residual - chosen.detach()
             codes.append(code)
@@ -110,17 +114,18 @@ class RQVAE(Quantizer):
         steps = c.epochs * -(-n // c.batch_size)
         # cosine decay: Adam's steps have size ~lr, which would otherwise blur fine last-level codewords
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimiser, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)) if c.cosine_decay else 1.0)
+            optimiser, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)) if c.cosine_decay else 1.0
+        )
         self.history = []
         for epoch in range(c.epochs):
             order = torch.randperm(n, generator=generator)
             if epoch == 0 and c.kmeans_init:
-                self._kmeans_init(x[order[:max(c.batch_size, c.codebook_size)]])
+                self._kmeans_init(x[order[: max(c.batch_size, c.codebook_size)]])
             used = torch.zeros(c.levels, c.codebook_size, dtype=torch.bool)
             total = 0.0
             net.train()
             for start in range(0, n, c.batch_size):
-                batch = x[order[start:start + c.batch_size]]
+                batch = x[order[start : start + c.batch_size]]
                 codes, quantized, vq_loss, _ = net.quantize(net.encoder(batch))
                 loss = (net.decoder(quantized) - batch).pow(2).sum(1).mean() + vq_loss
                 optimiser.zero_grad()
@@ -139,8 +144,9 @@ class RQVAE(Quantizer):
         net = self.net
         residual = net.encoder(batch)
         for level in range(self.config.levels):
-            result = fit_kmeans(residual.float(), self.config.codebook_size, self.config.kmeans,
-                                self.config.seed + 1000 * level)
+            result = fit_kmeans(
+                residual.float(), self.config.codebook_size, self.config.kmeans, self.config.seed + 1000 * level
+            )
             net.codebooks[level].copy_(result.centroids)
             residual = residual - result.centroids[squared_distances(residual, result.centroids).argmin(1)]
 
@@ -152,7 +158,7 @@ class RQVAE(Quantizer):
         _, _, _, residuals = self.net.quantize(self.net.encoder(sample))
         for level in range(self.config.levels):
             slots = torch.nonzero(dead[level]).flatten()
-            self.net.codebooks[level, slots] = residuals[level][:slots.numel()]
+            self.net.codebooks[level, slots] = residuals[level][: slots.numel()]
 
     def _encode_chunk(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.quantize(self.net.encoder(x))[0]

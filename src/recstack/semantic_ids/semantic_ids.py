@@ -126,16 +126,19 @@ class SemanticIds:
 
     def __init__(self, codes: torch.Tensor, codebook_sizes: list[int], quantizer: Quantizer | None = None) -> None:
         if codes.dim() != 2 or codes.shape[0] < 2 or codes.shape[1] != len(codebook_sizes):
-            raise DataError(f"SemanticIds: codes must be [num_items + 1, {len(codebook_sizes)}] with row 0 the "
-                            f"padding row, got {tuple(codes.shape)}; use SemanticIds.from_codes for raw codes")
+            raise DataError(
+                f"SemanticIds: codes must be [num_items + 1, {len(codebook_sizes)}] with row 0 the "
+                f"padding row, got {tuple(codes.shape)}; use SemanticIds.from_codes for raw codes"
+            )
         self.codes = codes.long()
         self.codebook_sizes = list(codebook_sizes)
         self.quantizer = quantizer
         self._trie: PrefixTrie | None = None
 
     @classmethod
-    def from_codes(cls, codes: torch.Tensor, codebook_sizes: list[int],
-                   quantizer: Quantizer | None = None) -> "SemanticIds":
+    def from_codes(
+        cls, codes: torch.Tensor, codebook_sizes: list[int], quantizer: Quantizer | None = None
+    ) -> SemanticIds:
         """codes [num_items, L] for items 1..num_items (no padding row) -> SemanticIds with dedup level."""
         codes = torch.as_tensor(codes).long()
         if codes.dim() != 2 or codes.shape[1] != len(codebook_sizes) or codes.shape[0] == 0:
@@ -143,16 +146,19 @@ class SemanticIds:
         bad = (codes < 0) | (codes >= torch.tensor(codebook_sizes))
         if bool(bad.any()):
             row, level = (int(v) for v in torch.nonzero(bad)[0])
-            raise DataError(f"SemanticIds: code {int(codes[row, level])} of item {row + 1} at level {level} "
-                            f"is outside [0, {codebook_sizes[level]})")
+            raise DataError(
+                f"SemanticIds: code {int(codes[row, level])} of item {row + 1} at level {level} "
+                f"is outside [0, {codebook_sizes[level]})"
+            )
         rank = dedup_level(codes)
         full = torch.cat([codes, rank[:, None]], 1)
         padded = torch.cat([torch.zeros(1, full.shape[1], dtype=torch.long), full], 0)
         return cls(padded, list(codebook_sizes) + [int(rank.max()) + 1], quantizer)
 
     @classmethod
-    def from_quantizer(cls, quantizer: Quantizer, item_embeddings: torch.Tensor,
-                       padding_row: bool = True) -> "SemanticIds":
+    def from_quantizer(
+        cls, quantizer: Quantizer, item_embeddings: torch.Tensor, padding_row: bool = True
+    ) -> SemanticIds:
         """Encode item embeddings ([num_items + 1, D] with row 0 padding, or [num_items, D] when
         padding_row is False) with a fitted quantizer."""
         rows = item_embeddings[1:] if padding_row else item_embeddings
@@ -221,14 +227,19 @@ class SemanticIds:
         """codes.safetensors + semantic_ids.json (+ quantizer/ when one is attached), atomically."""
         with atomic_dir(path) as tmp:
             save_file({"codes": self.codes.contiguous()}, str(tmp / "codes.safetensors"))
-            write_json(tmp / "semantic_ids.json", {"codebook_sizes": self.codebook_sizes,
-                                                   "num_items": self.num_items,
-                                                   "quantizer": self.quantizer.name if self.quantizer else None})
+            write_json(
+                tmp / "semantic_ids.json",
+                {
+                    "codebook_sizes": self.codebook_sizes,
+                    "num_items": self.num_items,
+                    "quantizer": self.quantizer.name if self.quantizer else None,
+                },
+            )
             if self.quantizer is not None:
                 self.quantizer.save(tmp / "quantizer")
 
     @classmethod
-    def load(cls, path: str | Path) -> "SemanticIds":
+    def load(cls, path: str | Path) -> SemanticIds:
         path = Path(path)
         try:
             meta = json.loads((path / "semantic_ids.json").read_text())

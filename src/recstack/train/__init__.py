@@ -1,7 +1,7 @@
 """Training core: one Trainer for every neural component (DESIGN.md, "Training core").
 
-    from recstack.train import Trainer, TrainConfig
-    result = Trainer(model, TrainConfig(epochs=5), train_data, evaluate=evaluate).fit()
+from recstack.train import Trainer, TrainConfig
+result = Trainer(model, TrainConfig(epochs=5), train_data, evaluate=evaluate).fit()
 """
 
 from recstack.train.batches import BatchSource, CallableBatchSource, TensorBatchSource, move_to_device
@@ -13,7 +13,18 @@ from recstack.train.seeding import seed_everything
 from recstack.train.trainer import Trainer, TrainResult
 
 __all__ = [
-    "BatchSource", "CallableBatchSource", "DistContext", "TensorBatchSource", "TrainConfig", "TrainResult", "Trainer",
-    "WarmupCosine", "atomic_dir", "launched_distributed", "load_weights", "move_to_device", "save_weights",
+    "BatchSource",
+    "CallableBatchSource",
+    "DistContext",
+    "TensorBatchSource",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "WarmupCosine",
+    "atomic_dir",
+    "launched_distributed",
+    "load_weights",
+    "move_to_device",
+    "save_weights",
     "seed_everything",
 ]

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Iterator, Protocol, runtime_checkable
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -40,8 +41,15 @@ class CallableBatchSource:
     Trainer seeds and checkpoints.
     """
 
-    def __init__(self, num_rows: int, collate: Callable[[torch.Tensor], Any], batch_size: int,
-                 shuffle: bool = True, seed: int = 0, drop_last: bool = False) -> None:
+    def __init__(
+        self,
+        num_rows: int,
+        collate: Callable[[torch.Tensor], Any],
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+    ) -> None:
         if num_rows <= 0:
             raise DataError(f"CallableBatchSource: no rows to train on (num_rows={num_rows})")
         if batch_size <= 0:
@@ -73,14 +81,20 @@ class CallableBatchSource:
     def batches(self, epoch: int, rank: int, world_size: int) -> Iterator[Any]:
         rows = self.shard(epoch, rank, world_size)
         for b in range(self.num_batches(epoch, rank, world_size)):
-            yield self.collate(rows[b * self.batch_size:(b + 1) * self.batch_size])
+            yield self.collate(rows[b * self.batch_size : (b + 1) * self.batch_size])
 
 
 class TensorBatchSource(CallableBatchSource):
     """Batches of rows sliced from equally long tensors: each batch is `{name: tensor[rows]}`."""
 
-    def __init__(self, tensors: dict[str, torch.Tensor], batch_size: int, shuffle: bool = True,
-                 seed: int = 0, drop_last: bool = False) -> None:
+    def __init__(
+        self,
+        tensors: dict[str, torch.Tensor],
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+    ) -> None:
         if not tensors:
             raise DataError("TensorBatchSource: no tensors given")
         lengths = {name: int(t.shape[0]) for name, t in tensors.items()}
@@ -106,7 +120,6 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, (list, tuple)):
         return type(batch)(move_to_device(v, device) for v in batch)
     if dataclasses.is_dataclass(batch) and not isinstance(batch, type):
-        changes = {f.name: move_to_device(getattr(batch, f.name), device)
-                   for f in dataclasses.fields(batch) if f.init}
+        changes = {f.name: move_to_device(getattr(batch, f.name), device) for f in dataclasses.fields(batch) if f.init}
         return dataclasses.replace(batch, **changes)
     return batch

@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -86,7 +87,7 @@ def _load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         raise DataError(f"checkpoint file not found: {path}")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})  # noqa: SIM118 (safe_open is not iterable)
     except (SafetensorError, OSError) as exc:
         raise DataError(f"{path}: not a readable safetensors file: {exc}") from exc
 
@@ -106,8 +107,9 @@ def save_weights(module: nn.Module, path: str | Path, metadata: dict[str, str] |
     _save_tensors(tensors, path, metadata)
 
 
-def read_weights(module: nn.Module, path: str | Path,
-                 strict: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_weights(
+    module: nn.Module, path: str | Path, strict: bool = True
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read a `save_weights` file, checked against `module` (not loaded into it); returns (tensors, metadata).
 
     Raises DataError naming the parameter when a name is missing/unexpected (strict) or a shape differs.
@@ -118,15 +120,20 @@ def read_weights(module: nn.Module, path: str | Path,
     for name, tensor in tensors.items():
         if name not in expected:
             if strict:
-                raise DataError(f"{path}: parameter {name!r} is in the file but not in the model "
-                                f"({type(module).__name__})")
+                raise DataError(
+                    f"{path}: parameter {name!r} is in the file but not in the model ({type(module).__name__})"
+                )
         elif tuple(tensor.shape) != tuple(expected[name].shape):
-            raise DataError(f"{path}: parameter {name!r} has shape {tuple(tensor.shape)} in the file "
-                            f"but {tuple(expected[name].shape)} in the model")
+            raise DataError(
+                f"{path}: parameter {name!r} has shape {tuple(tensor.shape)} in the file "
+                f"but {tuple(expected[name].shape)} in the model"
+            )
     missing = [name for name in expected if name not in tensors]
     if missing and strict:
-        raise DataError(f"{path}: parameter {missing[0]!r} of the model is missing from the file"
-                        + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        raise DataError(
+            f"{path}: parameter {missing[0]!r} of the model is missing from the file"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+        )
     return {k: v for k, v in tensors.items() if k in expected}, metadata
 
 
@@ -148,8 +155,9 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tenso
     return out
 
 
-def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
-                           param_names: list[str], source: Path) -> None:
+def load_optimizer_tensors(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], param_names: list[str], source: Path
+) -> None:
     """Inverse of `optimizer_tensors`; errors name the parameter whose state does not fit."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
     state: dict[int, dict[str, Any]] = {}
@@ -159,15 +167,22 @@ def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, 
         if idx >= len(params):
             raise DataError(f"{source}: optimizer state for parameter #{idx}, but the model has {len(params)}")
         if tensor.dim() > 0 and tuple(tensor.shape) != tuple(params[idx].shape):
-            raise DataError(f"{source}: optimizer {name!r} for parameter {param_names[idx]!r} has shape "
-                            f"{tuple(tensor.shape)}, the parameter has {tuple(params[idx].shape)}")
+            raise DataError(
+                f"{source}: optimizer {name!r} for parameter {param_names[idx]!r} has shape "
+                f"{tuple(tensor.shape)}, the parameter has {tuple(params[idx].shape)}"
+            )
         state.setdefault(idx, {})[name] = tensor
     optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
 
 
 # ---- training checkpoints ------------------------------------------------------------------------
-def write_checkpoint(folder: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                     state: dict[str, Any], rng_by_rank: list[dict[str, torch.Tensor]]) -> None:
+def write_checkpoint(
+    folder: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    rng_by_rank: list[dict[str, torch.Tensor]],
+) -> None:
     with atomic_dir(folder) as tmp:
         save_weights(model, tmp / "model.safetensors")
         _save_tensors(optimizer_tensors(optimizer), tmp / "optimizer.safetensors")
@@ -193,8 +208,9 @@ def find_checkpoint(folder: str | Path) -> Path | None:
     return None
 
 
-def read_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, param_names: list[str],
-                    rank: int = 0) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
+def read_checkpoint(
+    folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, param_names: list[str], rank: int = 0
+) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
     """Load weights and optimizer state in place; returns (state.json, this rank's RNG state or None)."""
     state = read_json(folder / "state.json")
     load_weights(model, folder / "model.safetensors")
@@ -202,7 +218,7 @@ def read_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optim
     load_optimizer_tensors(optimizer, tensors, param_names, folder / "optimizer.safetensors")
     rng_all, _ = _load_tensors(folder / "rng.safetensors")
     prefix = f"rank{rank}."
-    rng = {k[len(prefix):]: v for k, v in rng_all.items() if k.startswith(prefix)}
+    rng = {k[len(prefix) :]: v for k, v in rng_all.items() if k.startswith(prefix)}
     return state, (rng or None)
 
 

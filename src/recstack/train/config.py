@@ -57,13 +57,22 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # type: ignore[assignment]  # YAML gives a list
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
-                    "eval_every": self.eval_every, "log_every": self.log_every}
+        positive = {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "eval_every": self.eval_every,
+            "log_every": self.log_every,
+        }
         for key, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"train.{key} must be > 0, got {value!r}")
-        non_negative = {"weight_decay": self.weight_decay, "warmup_steps": self.warmup_steps,
-                        "grad_clip": self.grad_clip, "patience": self.patience}
+        non_negative = {
+            "weight_decay": self.weight_decay,
+            "warmup_steps": self.warmup_steps,
+            "grad_clip": self.grad_clip,
+            "patience": self.patience,
+        }
         for key, value in non_negative.items():
             if value < 0:
                 raise ConfigError(f"train.{key} must be >= 0, got {value!r}")
@@ -82,4 +91,4 @@ class TrainConfig:
 
     def warmup_for(self, total_steps: int) -> int:
         """Warm-up length in steps: `warmup_steps` if set, else `warmup_ratio` of `total_steps`."""
-        return self.warmup_steps if self.warmup_steps > 0 else int(round(self.warmup_ratio * total_steps))
+        return self.warmup_steps if self.warmup_steps > 0 else round(self.warmup_ratio * total_steps)

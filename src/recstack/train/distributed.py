@@ -38,11 +38,14 @@ class DistContext:
     owns_group: bool = False
 
     @staticmethod
-    def from_env() -> "DistContext":
+    def from_env() -> DistContext:
         if dist.is_available() and dist.is_initialized():
             return DistContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-        return DistContext(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
-                           int(os.environ.get("LOCAL_RANK", "0")))
+        return DistContext(
+            int(os.environ.get("RANK", "0")),
+            int(os.environ.get("WORLD_SIZE", "1")),
+            int(os.environ.get("LOCAL_RANK", "0")),
+        )
 
     @property
     def enabled(self) -> bool:

@@ -22,7 +22,7 @@ def seed_everything(seed: int) -> None:
 
 def capture_rng_state(device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     """Every RNG state we use, as tensors (safetensors-ready, no pickle)."""
-    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
+    _kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
     version, py_state, gauss_next = random.getstate()
     state = {
         "torch_cpu": torch.get_rng_state(),
@@ -44,11 +44,23 @@ def capture_rng_state(device: torch.device | str = "cpu") -> dict[str, torch.Ten
 def restore_rng_state(state: dict[str, torch.Tensor], device: torch.device | str = "cpu") -> None:
     """Inverse of `capture_rng_state`."""
     torch.set_rng_state(state["torch_cpu"].to(torch.uint8))
-    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), int(state["numpy_pos"]),
-                         int(state["numpy_has_gauss"]), float(state["numpy_cached_gaussian"])))
+    np.random.set_state(
+        (
+            "MT19937",
+            state["numpy_keys"].numpy().astype(np.uint32),
+            int(state["numpy_pos"]),
+            int(state["numpy_has_gauss"]),
+            float(state["numpy_cached_gaussian"]),
+        )
+    )
     gauss_next = float(state["python_gauss_next"])
-    random.setstate((int(state["python_version"]), tuple(int(v) for v in state["python_state"].tolist()),
-                     None if math.isnan(gauss_next) else gauss_next))
+    random.setstate(
+        (
+            int(state["python_version"]),
+            tuple(int(v) for v in state["python_state"].tolist()),
+            None if math.isnan(gauss_next) else gauss_next,
+        )
+    )
     device = torch.device(device)
     if device.type == "cuda" and "torch_cuda" in state:
         torch.cuda.set_rng_state(state["torch_cuda"].to(torch.uint8), device)

@@ -13,9 +13,10 @@ import contextlib
 import logging
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,8 +26,16 @@ from recstack.config import from_dict, to_dict
 from recstack.errors import ConfigError, DataError
 from recstack.progress import progress_bar
 from recstack.train.batches import BatchSource, TensorBatchSource, move_to_device
-from recstack.train.checkpoint import (BEST, LAST, find_checkpoint, read_checkpoint, read_json, read_weights,
-                                      write_best, write_checkpoint)
+from recstack.train.checkpoint import (
+    BEST,
+    LAST,
+    find_checkpoint,
+    read_checkpoint,
+    read_json,
+    read_weights,
+    write_best,
+    write_checkpoint,
+)
 from recstack.train.config import TrainConfig
 from recstack.train.distributed import DistContext, LossForward, resolve_device
 from recstack.train.schedule import WarmupCosine
@@ -70,9 +79,14 @@ class Trainer:
     Loss-dict entries other than "loss" must be scalars. `self.model` is the plain (unwrapped) model.
     """
 
-    def __init__(self, model: nn.Module, config: TrainConfig | dict[str, Any] | None,
-                 train_data: BatchSource | dict[str, torch.Tensor],
-                 evaluate: Evaluate | None = None, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        config: TrainConfig | dict[str, Any] | None,
+        train_data: BatchSource | dict[str, torch.Tensor],
+        evaluate: Evaluate | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
         self.config = config if isinstance(config, TrainConfig) else from_dict(TrainConfig, config, "train")
         if not callable(getattr(model, "loss", None)):
             raise ConfigError(f"{type(model).__name__} has no loss(batch) method; the Trainer needs one")
@@ -95,8 +109,11 @@ class Trainer:
         decay = [(n, p) for n, p in named if p.ndim >= 2]  # matrices/embeddings; not biases or norm scales
         no_decay = [(n, p) for n, p in named if p.ndim < 2]
         groups = [(g, wd) for g, wd in ((decay, self.config.weight_decay), (no_decay, 0.0)) if g]
-        optimizer = torch.optim.AdamW([{"params": [p for _, p in g], "weight_decay": wd} for g, wd in groups],
-                                      lr=self.config.lr, betas=self.config.betas)
+        optimizer = torch.optim.AdamW(
+            [{"params": [p for _, p in g], "weight_decay": wd} for g, wd in groups],
+            lr=self.config.lr,
+            betas=self.config.betas,
+        )
         return [n for g, _ in groups for n, _ in g], optimizer
 
     # ---- the loop --------------------------------------------------------------------------------
@@ -137,14 +154,18 @@ class Trainer:
         if best.weights is not None:
             self.model.load_state_dict(best.weights)
         elif best.epoch is not None:
-            warnings.warn(f"best weights of epoch {best.epoch} were not found; the model keeps the last weights")
+            warnings.warn(
+                f"best weights of epoch {best.epoch} were not found; the model keeps the last weights", stacklevel=2
+            )
         return TrainResult(best.metrics, best.epoch, history, stopped_early)
 
     def _steps_in_epoch(self, epoch: int) -> int:
         n = self.train_data.num_batches(epoch, self.dist.rank, self.dist.world_size)
         if not self.dist.all_equal(n, self._collective_device()):
-            raise DataError(f"train_data gives ranks different numbers of batches in epoch {epoch}; "
-                            "DDP needs the same count on every rank")
+            raise DataError(
+                f"train_data gives ranks different numbers of batches in epoch {epoch}; "
+                "DDP needs the same count on every rank"
+            )
         if n <= 0:
             raise DataError(f"train_data has no batches in epoch {epoch}")
         return min(n, self.config.max_steps_per_epoch or n)
@@ -153,11 +174,18 @@ class Trainer:
         cfg, model = self.config, self.model
         model.train()
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.mixed_precision and self.device.type == "cuda"
-                    else contextlib.nullcontext())
+        autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if cfg.mixed_precision and self.device.type == "cuda"
+            else contextlib.nullcontext()
+        )
         batches = iter(self.train_data.batches(epoch, self.dist.rank, self.dist.world_size))
-        bar = progress_bar(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", dynamic_ncols=True,
-                   disable=not (cfg.progress and self.dist.is_main))
+        bar = progress_bar(
+            total=steps,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            dynamic_ncols=True,
+            disable=not (cfg.progress and self.dist.is_main),
+        )
         sums: dict[str, torch.Tensor] = {}
         lr = cfg.lr
         for step in range(steps):
@@ -184,8 +212,10 @@ class Trainer:
         bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{lr:.2e}")
         bar.close()
         if not torch.isfinite(torch.tensor(means["loss"])):
-            raise FloatingPointError(f"training loss became {means['loss']} in epoch {epoch} "
-                                     f"(global step {self.global_step}); try a lower lr or grad_clip")
+            raise FloatingPointError(
+                f"training loss became {means['loss']} in epoch {epoch} "
+                f"(global step {self.global_step}); try a lower lr or grad_clip"
+            )
         return {"epoch": epoch, "train": means, "lr": lr, "metrics": {}}
 
     def _mean_over_ranks(self, sums: dict[str, torch.Tensor], steps: int) -> dict[str, float]:
@@ -207,7 +237,7 @@ class Trainer:
             try:
                 with torch.no_grad():
                     payload = ("ok", {k: float(v) for k, v in self.evaluate(self.model).items()})  # type: ignore[misc]
-            except Exception as exc:  # noqa: BLE001 - re-raised below, after telling the other ranks
+            except Exception as exc:
                 payload, error = ("error", f"{type(exc).__name__}: {exc}"), exc
             finally:
                 self.model.train()
@@ -215,8 +245,10 @@ class Trainer:
         if status == "error":
             raise error if error is not None else RuntimeError(f"evaluate failed on rank 0: {value}")
         if self.config.monitor not in value:
-            raise ConfigError(f"train.monitor {self.config.monitor!r} is not among the metrics evaluate returned: "
-                              f"{', '.join(sorted(value)) or '(none)'}")
+            raise ConfigError(
+                f"train.monitor {self.config.monitor!r} is not among the metrics evaluate returned: "
+                f"{', '.join(sorted(value)) or '(none)'}"
+            )
         return value
 
     def _update_best(self, best: _Best, metrics: dict[str, float], epoch: int) -> None:
@@ -232,15 +264,30 @@ class Trainer:
             write_best(Path(self.config.checkpoint_dir) / BEST, self.model, {"epoch": epoch, "metrics": best.metrics})
 
     # ---- checkpoints -----------------------------------------------------------------------------
-    def _save_last(self, epoch: int, history: list[dict[str, Any]], best: _Best, schedule: WarmupCosine,
-                   finished: bool, stopped_early: bool) -> None:
+    def _save_last(
+        self,
+        epoch: int,
+        history: list[dict[str, Any]],
+        best: _Best,
+        schedule: WarmupCosine,
+        finished: bool,
+        stopped_early: bool,
+    ) -> None:
         if not self.config.checkpoint_dir:
             return
         rng_by_rank = self.dist.gather_objects(capture_rng_state(self.device))
         if self.dist.is_main:
-            state = {"epoch": epoch, "global_step": self.global_step, "finished": finished,
-                     "stopped_early": stopped_early, "schedule": schedule.state_dict(), "best": best.state(),
-                     "history": history, "config": to_dict(self.config), "world_size": self.dist.world_size}
+            state = {
+                "epoch": epoch,
+                "global_step": self.global_step,
+                "finished": finished,
+                "stopped_early": stopped_early,
+                "schedule": schedule.state_dict(),
+                "best": best.state(),
+                "history": history,
+                "config": to_dict(self.config),
+                "world_size": self.dist.world_size,
+            }
             write_checkpoint(Path(self.config.checkpoint_dir) / LAST, self.model, self.optimizer, state, rng_by_rank)
 
     def _resume(self, best: _Best, history: list[dict[str, Any]]) -> tuple[int, bool, bool]:
@@ -252,16 +299,24 @@ class Trainer:
             return 0, False, False
         state, rng = read_checkpoint(folder, self.model, self.optimizer, self.param_names, self.dist.rank)
         now = to_dict(self.config)
-        changed = sorted(k for k, v in state.get("config", {}).items()
-                         if k not in _RESUME_FREE_KEYS and now.get(k) != v)
+        changed = sorted(
+            k for k, v in state.get("config", {}).items() if k not in _RESUME_FREE_KEYS and now.get(k) != v
+        )
         if changed:
-            warnings.warn(f"resuming {folder} with changed config keys {changed}; the result will differ "
-                          "from an uninterrupted run")
+            warnings.warn(
+                f"resuming {folder} with changed config keys {changed}; the result will differ "
+                "from an uninterrupted run",
+                stacklevel=2,
+            )
         self.global_step = int(state["global_step"])
         history[:] = state["history"]
         saved = state["best"]
-        best.value, best.epoch, best.metrics, best.bad_evals = (saved["value"], saved["epoch"], saved["metrics"],
-                                                                saved["bad_evals"])
+        best.value, best.epoch, best.metrics, best.bad_evals = (
+            saved["value"],
+            saved["epoch"],
+            saved["metrics"],
+            saved["bad_evals"],
+        )
         best_folder = find_checkpoint(root / BEST)
         # A best/ newer than last/ (crash between the two writes) is ignored: that epoch is retrained.
         best_epoch_on_disk = read_json(best_folder / "state.json").get("epoch") if best_folder else None
@@ -270,7 +325,9 @@ class Trainer:
         if rng is not None:
             restore_rng_state(rng, self.device)
         else:
-            warnings.warn(f"{folder} has no RNG state for rank {self.dist.rank}; reseeding (result will differ)")
+            warnings.warn(
+                f"{folder} has no RNG state for rank {self.dist.rank}; reseeding (result will differ)", stacklevel=2
+            )
             seed_everything(self.config.seed + self.dist.rank + 7919 * (int(state["epoch"]) + 1))
         logger.info("resumed from %s after epoch %d (step %d)", folder, state["epoch"], self.global_step)
         return int(state["epoch"]) + 1, bool(state["stopped_early"]), bool(state["finished"])

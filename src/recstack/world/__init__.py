@@ -6,4 +6,4 @@ from recstack.world.logs import EVENT_NAMES
 from recstack.world.model import World
 from recstack.world.simulator import DEFAULT_PAGE_WEIGHTS, TASKS
 
-__all__ = ["DEFAULT_PAGE_WEIGHTS", "EVENT_NAMES", "FunnelConfig", "PolicyConfig", "TASKS", "World", "WorldConfig"]
+__all__ = ["DEFAULT_PAGE_WEIGHTS", "EVENT_NAMES", "TASKS", "FunnelConfig", "PolicyConfig", "World", "WorldConfig"]

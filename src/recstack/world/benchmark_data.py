@@ -37,9 +37,15 @@ def _ranking_world() -> WorldConfig:
     # 1M impressions over 20k users (about 50 impressions, 5 pages, per user) and 10k items in four
     # scenarios: enough rows per user for histories and enough rows that 0.002 AUC differences between
     # rankers are above the seed noise; generation takes seconds (benchmarks/prepare_synthetic.py).
-    return WorldConfig(num_users=20_000, num_items=10_000, num_topics=32, num_interactions=1_000_000,
-                       scenarios=["home_feed", "search", "mall", "live"], scenario_weights=[0.4, 0.25, 0.2, 0.15],
-                       seed=2026)
+    return WorldConfig(
+        num_users=20_000,
+        num_items=10_000,
+        num_topics=32,
+        num_interactions=1_000_000,
+        scenarios=["home_feed", "search", "mall", "live"],
+        scenario_weights=[0.4, 0.25, 0.2, 0.15],
+        seed=2026,
+    )
 
 
 def _temporal_split() -> PrepareConfig:
@@ -68,8 +74,11 @@ class BenchmarkWorldConfig:
         return root / f"{self.name}-{self.digest()}"
 
 
-def benchmark_world(config: BenchmarkWorldConfig | dict[str, Any] | None = None,
-                    data_dir: str | Path | None = None, rebuild: bool = False) -> Dataset:
+def benchmark_world(
+    config: BenchmarkWorldConfig | dict[str, Any] | None = None,
+    data_dir: str | Path | None = None,
+    rebuild: bool = False,
+) -> Dataset:
     """The prepared Dataset of `config`, loaded from the cache or generated, prepared and saved there."""
     if not isinstance(config, BenchmarkWorldConfig):
         config = from_dict(BenchmarkWorldConfig, config or {}, "benchmark_world")
@@ -82,16 +91,23 @@ def benchmark_world(config: BenchmarkWorldConfig | dict[str, Any] | None = None,
     raw = World(config.world).generate_logs()
     generate_seconds = time.perf_counter() - started
     dataset = prepare(raw, config.prepare, name=config.name)
-    dataset.meta["generation"] = {"generate_seconds": round(generate_seconds, 2),
-                                  "prepare_seconds": round(time.perf_counter() - started - generate_seconds, 2),
-                                  "impressions": raw.interactions.height, "digest": config.digest(),
-                                  "config": to_dict(config)}
+    dataset.meta["generation"] = {
+        "generate_seconds": round(generate_seconds, 2),
+        "prepare_seconds": round(time.perf_counter() - started - generate_seconds, 2),
+        "impressions": raw.interactions.height,
+        "digest": config.digest(),
+        "config": to_dict(config),
+    }
     dataset.save(folder)
     return dataset
 
 
-def oracle_metrics(dataset: Dataset, config: BenchmarkWorldConfig | dict[str, Any] | None = None,
-                   split: str = "test", positions: bool = True) -> dict[str, float]:
+def oracle_metrics(
+    dataset: Dataset,
+    config: BenchmarkWorldConfig | dict[str, Any] | None = None,
+    split: str = "test",
+    positions: bool = True,
+) -> dict[str, float]:
     """AUC / GAUC / logloss per task of the world's true marginal probabilities on the `split` impressions:
     the ceiling a ranker can reach on this log. positions=False leaves out the position bias (rankers
     do not see the slot), a ceiling for position-blind scorers."""
@@ -120,8 +136,13 @@ def oracle_metrics(dataset: Dataset, config: BenchmarkWorldConfig | dict[str, An
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=None, help="cache root (default RECSTACK_HOME/datasets)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override, e.g. world.num_interactions=2000000 (repeatable)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override, e.g. world.num_interactions=2000000 (repeatable)",
+    )
     parser.add_argument("--rebuild", action="store_true", help="generate again even when cached")
     args = parser.parse_args(argv)
     import yaml
@@ -137,9 +158,17 @@ def main(argv: list[str] | None = None) -> None:
     config = from_dict(BenchmarkWorldConfig, spec, "benchmark_world")
     started = time.perf_counter()
     dataset = benchmark_world(config, args.data_dir, rebuild=args.rebuild)
-    print(json.dumps({"folder": str(config.folder(args.data_dir)), "seconds": round(time.perf_counter() - started, 2),
-                      "counts": dataset.meta.get("counts"), "generation": {
-                          k: v for k, v in dataset.meta.get("generation", {}).items() if k != "config"}}, indent=1))
+    print(
+        json.dumps(
+            {
+                "folder": str(config.folder(args.data_dir)),
+                "seconds": round(time.perf_counter() - started, 2),
+                "counts": dataset.meta.get("counts"),
+                "generation": {k: v for k, v in dataset.meta.get("generation", {}).items() if k != "config"},
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -99,38 +99,79 @@ class WorldConfig:
     def __post_init__(self) -> None:
         self.validate()
 
-    def validate(self) -> "WorldConfig":
-        positive = ("num_users", "num_items", "num_topics", "embedding_dim", "num_interactions", "page_size",
-                    "chunk_size", "vocab_per_topic", "title_words", "description_words", "sequence_mean_length",
-                    "duration_days", "drift_period_days", "interest_concentration", "price_min",
-                    "sequence_temperature")
+    def validate(self) -> WorldConfig:
+        positive = (
+            "num_users",
+            "num_items",
+            "num_topics",
+            "embedding_dim",
+            "num_interactions",
+            "page_size",
+            "chunk_size",
+            "vocab_per_topic",
+            "title_words",
+            "description_words",
+            "sequence_mean_length",
+            "duration_days",
+            "drift_period_days",
+            "interest_concentration",
+            "price_min",
+            "sequence_temperature",
+        )
         for key in positive:
             _check(getattr(self, key) > 0, key, getattr(self, key), "must be > 0")
-        for key in ("interest_drift_rate", "user_taste_noise", "scenario_topic_shift", "item_vector_noise",
-                    "popularity_sigma",
-                    "position_bias_power", "start_time"):
+        for key in (
+            "interest_drift_rate",
+            "user_taste_noise",
+            "scenario_topic_shift",
+            "item_vector_noise",
+            "popularity_sigma",
+            "position_bias_power",
+            "start_time",
+        ):
             _check(getattr(self, key) >= 0, key, getattr(self, key), "must be >= 0")
         for key in ("focus_switch_prob", "focus_weight", "item_topic_purity", "position_bias_floor"):
             _check(0 <= getattr(self, key) <= 1, key, getattr(self, key), "must be in [0, 1]")
-        _check(self.num_items >= self.page_size, "num_items", self.num_items,
-               f"must be >= page_size ({self.page_size}) so a page has distinct items")
-        _check(self.num_topics * self.vocab_per_topic <= 100_000, "vocab_per_topic", self.vocab_per_topic,
-               f"× num_topics ({self.num_topics}) must be <= 100000 distinct words")
-        _check(self.price_max >= self.price_min, "price_max", self.price_max,
-               f"must be >= price_min ({self.price_min})")
+        _check(
+            self.num_items >= self.page_size,
+            "num_items",
+            self.num_items,
+            f"must be >= page_size ({self.page_size}) so a page has distinct items",
+        )
+        _check(
+            self.num_topics * self.vocab_per_topic <= 100_000,
+            "vocab_per_topic",
+            self.vocab_per_topic,
+            f"× num_topics ({self.num_topics}) must be <= 100000 distinct words",
+        )
+        _check(
+            self.price_max >= self.price_min, "price_max", self.price_max, f"must be >= price_min ({self.price_min})"
+        )
         _check(len(self.scenarios) > 0, "scenarios", self.scenarios, "must name at least one scenario")
         _check(len(set(self.scenarios)) == len(self.scenarios), "scenarios", self.scenarios, "has duplicates")
         if self.scenario_weights is not None:
             weights = self.scenario_weights
-            _check(len(weights) == len(self.scenarios), "scenario_weights", weights,
-                   f"needs one weight per scenario ({len(self.scenarios)})")
-            _check(all(w >= 0 for w in weights) and sum(weights) > 0, "scenario_weights", weights,
-                   "must be >= 0 with a positive sum")
+            _check(
+                len(weights) == len(self.scenarios),
+                "scenario_weights",
+                weights,
+                f"needs one weight per scenario ({len(self.scenarios)})",
+            )
+            _check(
+                all(w >= 0 for w in weights) and sum(weights) > 0,
+                "scenario_weights",
+                weights,
+                "must be >= 0 with a positive sum",
+            )
         policy = self.policy
         for key in ("personalised_pool", "popular_pool", "random_pool"):
             _check(getattr(policy, key) >= 0, f"policy.{key}", getattr(policy, key), "must be >= 0")
-        _check(policy.random_pool >= 1, "policy.random_pool", policy.random_pool,
-               "must be >= 1 (the random candidates guarantee a full page of distinct items)")
+        _check(
+            policy.random_pool >= 1,
+            "policy.random_pool",
+            policy.random_pool,
+            "must be >= 1 (the random candidates guarantee a full page of distinct items)",
+        )
         for key in ("affinity_noise", "temperature"):
             _check(getattr(policy, key) >= 0, f"policy.{key}", getattr(policy, key), "must be >= 0")
         return self

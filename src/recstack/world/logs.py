@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -48,12 +49,15 @@ class LogsMixin:
         while math.gcd(stride, self.num_items) != 1:
             stride += 1
         return _Samplers(
-            popularity_cdf=np.cumsum(self.item_popularity), by_topic=by_topic,
+            popularity_cdf=np.cumsum(self.item_popularity),
+            by_topic=by_topic,
             by_topic_cdf=np.cumsum(self.item_popularity[by_topic]),
             topic_begin=np.searchsorted(self.item_topic[by_topic], topics, side="left"),
             topic_end=np.searchsorted(self.item_topic[by_topic], topics, side="right"),
-            activity_cdf=np.cumsum(self.user_activity), scenario_cdf=np.cumsum(self.scenario_share),
-            random_stride=stride)
+            activity_cdf=np.cumsum(self.user_activity),
+            scenario_cdf=np.cumsum(self.scenario_share),
+            random_stride=stride,
+        )
 
     def sample_items_in_topics(self: World, topics: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """One item per entry of `topics` [...], drawn by popularity within that topic (any item if empty)."""
@@ -71,8 +75,9 @@ class LogsMixin:
 
     def sample_requests(self: World, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Users (by activity) and scenario codes (by scenario share) of `count` requests."""
-        return _draw(self._samplers.activity_cdf, rng.random(count)), _draw(self._samplers.scenario_cdf,
-                                                                            rng.random(count))
+        return _draw(self._samplers.activity_cdf, rng.random(count)), _draw(
+            self._samplers.scenario_cdf, rng.random(count)
+        )
 
     # ---- impression logs -----------------------------------------------------------------------
     def iter_log_chunks(self: World, num_interactions: int | None = None) -> Iterator[pl.DataFrame]:
@@ -97,18 +102,23 @@ class LogsMixin:
                 pages[part] = self.logging_policy(users[part], scenarios[part], times[part], rng)
                 for task, value in self.feedback(users[part], pages[part], scenarios[part], times[part], rng).items():
                     labels[task][part] = value
-            event = np.select([labels["purchase"] == 1, labels["like"] == 1, labels["long_view"] == 1,
-                               labels["click"] == 1], [4, 3, 2, 1], 0)
-            yield pl.DataFrame({
-                "user": self.user_raw.gather(np.repeat(users, k)),
-                "item": self.item_raw.gather(pages.ravel()),
-                "timestamp": np.repeat(times, k),
-                "scenario": scenario_names.gather(np.repeat(scenarios, k)),
-                "event": event_names.gather(event.ravel()),
-                "position": np.tile(np.arange(k, dtype=np.int16), b),
-                "request": np.repeat(request, k),
-                **{task: labels[task].ravel() for task in TASKS},
-            })
+            event = np.select(
+                [labels["purchase"] == 1, labels["like"] == 1, labels["long_view"] == 1, labels["click"] == 1],
+                [4, 3, 2, 1],
+                0,
+            )
+            yield pl.DataFrame(
+                {
+                    "user": self.user_raw.gather(np.repeat(users, k)),
+                    "item": self.item_raw.gather(pages.ravel()),
+                    "timestamp": np.repeat(times, k),
+                    "scenario": scenario_names.gather(np.repeat(scenarios, k)),
+                    "event": event_names.gather(event.ravel()),
+                    "position": np.tile(np.arange(k, dtype=np.int16), b),
+                    "request": np.repeat(request, k),
+                    **{task: labels[task].ravel() for task in TASKS},
+                }
+            )
 
     def generate_logs(self: World, num_interactions: int | None = None) -> RawTables:
         """Impression logs (rounded up to whole pages) with the items and users tables."""
@@ -137,22 +147,28 @@ class LogsMixin:
             raise
         return path
 
-    def logging_policy(self: World, users: np.ndarray, scenarios: np.ndarray, times: np.ndarray,
-                       rng: np.random.Generator) -> np.ndarray:
+    def logging_policy(
+        self: World, users: np.ndarray, scenarios: np.ndarray, times: np.ndarray, rng: np.random.Generator
+    ) -> np.ndarray:
         """Pages [B, K] from a pool of personalised, popular and random candidates, best logging score first."""
         policy, k, n, b = self.config.policy, self.config.page_size, self.num_items, len(users)
         topics = sample_rows(self.user_interest(users, times), k * policy.personalised_pool, rng)
         start = rng.integers(n, size=(b, 1))
-        pool = np.concatenate([
-            self.sample_items_in_topics(topics, rng),
-            self.sample_popular_items((b, k * policy.popular_pool), rng),
-            # distinct random items: the stride is coprime to n
-            (start + np.arange(k * policy.random_pool) * self._samplers.random_stride) % n,
-        ], axis=1)
+        pool = np.concatenate(
+            [
+                self.sample_items_in_topics(topics, rng),
+                self.sample_popular_items((b, k * policy.popular_pool), rng),
+                # distinct random items: the stride is coprime to n
+                (start + np.arange(k * policy.random_pool) * self._samplers.random_stride) % n,
+            ],
+            axis=1,
+        )
         _, click_logit, _ = self.click_terms(users, pool, scenarios, times)
-        score = (policy.affinity_weight * (click_logit + policy.affinity_noise * rng.standard_normal(pool.shape))
-                 + policy.popularity_weight * self.item_log_popularity[pool]
-                 + policy.temperature * gumbel(rng, pool.shape))
+        score = (
+            policy.affinity_weight * (click_logit + policy.affinity_noise * rng.standard_normal(pool.shape))
+            + policy.popularity_weight * self.item_log_popularity[pool]
+            + policy.temperature * gumbel(rng, pool.shape)
+        )
         # Keep one copy of each item per row: sort the pool, drop repeats, then take the top K scores.
         order = np.argsort(pool, axis=1, kind="stable")
         pool, score = np.take_along_axis(pool, order, axis=1), np.take_along_axis(score, order, axis=1)
@@ -169,8 +185,9 @@ class LogsMixin:
         cfg = self.config
         num_users = _positive(self.num_users if num_users is None else num_users, "num_users")
         if num_users > self.num_users:
-            raise ConfigError(f"generate_sequences: num_users = {num_users} exceeds WorldConfig.num_users "
-                              f"({self.num_users})")
+            raise ConfigError(
+                f"generate_sequences: num_users = {num_users} exceeds WorldConfig.num_users ({self.num_users})"
+            )
         mean = _positive(cfg.sequence_mean_length if mean_length is None else mean_length, "sequence_mean_length")
         rng = self.rng("sequences")
         lengths = np.clip(np.round(mean * np.exp(0.5 * rng.standard_normal(num_users) - 0.125)), 5, 4 * mean)
@@ -197,18 +214,27 @@ class LogsMixin:
                 chosen[users, t] = pick
         valid = np.arange(times.shape[1])[None, :] < lengths[:, None]
         rows = np.nonzero(valid)
-        frame = pl.DataFrame({
-            "user": self.user_raw.gather(rows[0]),
-            "item": self.item_raw.gather(chosen[rows]),
-            "timestamp": times[rows],
-            "view": np.ones(len(rows[0]), dtype=np.int8),
-        })
+        frame = pl.DataFrame(
+            {
+                "user": self.user_raw.gather(rows[0]),
+                "item": self.item_raw.gather(chosen[rows]),
+                "timestamp": times[rows],
+                "view": np.ones(len(rows[0]), dtype=np.int8),
+            }
+        )
         return self._tables("world_sequences", frame, ["view"])
 
     def _tables(self: World, name: str, interactions: pl.DataFrame, labels: list[str]) -> RawTables:
-        return RawTables(name, interactions, items=self.items_table(), users=self.users_table(), labels=labels,
-                         text_fields=["title", "description"], origin=f"world(seed={self.config.seed})",
-                         extra={"world_config": to_dict(self.config)})
+        return RawTables(
+            name,
+            interactions,
+            items=self.items_table(),
+            users=self.users_table(),
+            labels=labels,
+            text_fields=["title", "description"],
+            origin=f"world(seed={self.config.seed})",
+            extra={"world_config": to_dict(self.config)},
+        )
 
 
 def _positive(value: int, key: str) -> int:

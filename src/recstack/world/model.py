@@ -91,8 +91,9 @@ class World(SimulatorMixin, LogsMixin):
         self.item_popularity /= self.item_popularity.sum()  # [N] prior share of attention
         self.item_log_popularity = np.log(self.item_popularity).astype(np.float32)
         funnel = cfg.funnel  # the user-independent part of the click logit
-        self._item_click_static = (funnel.quality_weight * self.item_quality
-                                   + funnel.popularity_weight * _standardise(self.item_log_popularity))
+        self._item_click_static = funnel.quality_weight * self.item_quality + funnel.popularity_weight * _standardise(
+            self.item_log_popularity
+        )
 
     def _build_users(self) -> None:
         cfg, rng, u, t = self.config, self.rng("users"), self.num_users, self.num_topics
@@ -111,7 +112,7 @@ class World(SimulatorMixin, LogsMixin):
         self.user_activity = activity / activity.sum()  # [U] share of requests (heavy-tailed)
         # Focus topic per drift period: mostly from the user's base taste, sometimes anything popular.
         focus_rng = self.rng("focus")
-        periods = int(math.ceil(cfg.duration_days / cfg.drift_period_days)) + 1
+        periods = math.ceil(cfg.duration_days / cfg.drift_period_days) + 1
         explore = 0.8 * self.user_base_interest + 0.2 * self.topic_popularity[None, :]
         focus = np.empty((u, periods), dtype=np.int16)
         focus[:, 0] = sample_rows(self.user_base_interest, 1, focus_rng)[:, 0]
@@ -169,8 +170,12 @@ class World(SimulatorMixin, LogsMixin):
             index = self.check_items(items, "items", ndim=2, batch=len(users))
             match = np.einsum("bd,bkd->bk", user_vec, self.item_vectors[index])
         price_term = self.user_price_sensitivity[users, None] * self.item_price_z[index]
-        logit = (funnel.click_bias + funnel.match_weight * match + self._item_click_static[index]
-                 - funnel.price_weight * price_term)
+        logit = (
+            funnel.click_bias
+            + funnel.match_weight * match
+            + self._item_click_static[index]
+            - funnel.price_weight * price_term
+        )
         if scenario is not None:
             codes = self.scenario_codes(scenario, len(users))
             boost = self.scenario_item_boost[codes if items is None else (codes[:, None], index)]
@@ -195,24 +200,29 @@ class World(SimulatorMixin, LogsMixin):
         topics = sample_rows(self.item_mixture, cfg.description_words, rng)
         description = topics * per_topic + rng.integers(per_topic, size=topics.shape)
         filler = rng.random(topics.shape) < 0.25
-        description[filler] = self.num_topics * per_topic + rng.integers(len(words) - self.num_topics * per_topic,
-                                                                         size=int(filler.sum()))
-        return pl.DataFrame({
-            "item": self.item_raw,
-            "title": _join_words(words, title),
-            "description": _join_words(words, description),
-            "topic": pl.Series(self.topic_names, dtype=pl.String).gather(self.item_topic),
-            "price": self.item_price.astype(np.float64),
-            "quality": self.item_quality.astype(np.float64),
-        })
+        description[filler] = self.num_topics * per_topic + rng.integers(
+            len(words) - self.num_topics * per_topic, size=int(filler.sum())
+        )
+        return pl.DataFrame(
+            {
+                "item": self.item_raw,
+                "title": _join_words(words, title),
+                "description": _join_words(words, description),
+                "topic": pl.Series(self.topic_names, dtype=pl.String).gather(self.item_topic),
+                "price": self.item_price.astype(np.float64),
+                "quality": self.item_quality.astype(np.float64),
+            }
+        )
 
     def users_table(self) -> pl.DataFrame:
         """user, age_bucket, region (age groups share topic tastes; regions share price sensitivity)."""
-        return pl.DataFrame({
-            "user": self.user_raw,
-            "age_bucket": pl.Series(AGE_BUCKETS, dtype=pl.String).gather(self.user_age),
-            "region": pl.Series([f"r{r}" for r in range(NUM_REGIONS)], dtype=pl.String).gather(self.user_region),
-        })
+        return pl.DataFrame(
+            {
+                "user": self.user_raw,
+                "age_bucket": pl.Series(AGE_BUCKETS, dtype=pl.String).gather(self.user_age),
+                "region": pl.Series([f"r{r}" for r in range(NUM_REGIONS)], dtype=pl.String).gather(self.user_region),
+            }
+        )
 
 
 def _dirichlet(rng: np.random.Generator, alpha: np.ndarray) -> np.ndarray:
@@ -241,10 +251,10 @@ def _pseudo_words(rng: np.random.Generator, num_topics: int, per_topic: int) -> 
             if word not in FILLER_WORDS:
                 words[word] = None
     flat = list(words)[:needed]
-    return [flat[t * per_topic:(t + 1) * per_topic] for t in range(num_topics)]
+    return [flat[t * per_topic : (t + 1) * per_topic] for t in range(num_topics)]
 
 
-def _word_series(world: "World") -> pl.Series:
+def _word_series(world: World) -> pl.Series:
     return pl.Series([w for topic in world.vocabulary for w in topic] + list(FILLER_WORDS), dtype=pl.String)
 
 

@@ -31,8 +31,9 @@ _MAX_SCORE_CELLS = 4_000_000  # users × items scored at once when ranking the w
 class SimulatorMixin:
     """Methods of World that answer pages; `self` is a World."""
 
-    def stage_probabilities(self: World, users: np.ndarray, pages: np.ndarray | None, scenario,
-                            time) -> dict[str, np.ndarray]:
+    def stage_probabilities(
+        self: World, users: np.ndarray, pages: np.ndarray | None, scenario, time
+    ) -> dict[str, np.ndarray]:
         """Conditional stage probabilities [B, K] ([B, N] with pages=None, then without position bias):
         examine, click (given examined), like / long_view (given click), purchase (given like or long_view)."""
         funnel = self.config.funnel
@@ -41,29 +42,34 @@ class SimulatorMixin:
         quality = self.item_quality[index]
         width = self.num_items if pages is None else np.shape(pages)[1]
         examine = np.ones(width) if pages is None else self.examination(width)
-        purchase_logit = (funnel.purchase_bias + funnel.purchase_match_weight * match
-                          - funnel.purchase_price_weight * price_term)
+        purchase_logit = (
+            funnel.purchase_bias + funnel.purchase_match_weight * match - funnel.purchase_price_weight * price_term
+        )
         if scenario is not None:
             codes = self.scenario_codes(scenario, len(match))
             purchase_logit = purchase_logit + self.scenario_purchase_offset[codes, None]
         return {
             "examine": np.broadcast_to(examine.astype(np.float32), match.shape),
             "click": _sigmoid(click_logit),
-            "like": _sigmoid(funnel.like_bias + funnel.like_match_weight * match
-                             + funnel.like_quality_weight * quality),
-            "long_view": _sigmoid(funnel.long_view_bias + funnel.long_view_match_weight * match
-                                  + funnel.long_view_quality_weight * quality),
+            "like": _sigmoid(
+                funnel.like_bias + funnel.like_match_weight * match + funnel.like_quality_weight * quality
+            ),
+            "long_view": _sigmoid(
+                funnel.long_view_bias
+                + funnel.long_view_match_weight * match
+                + funnel.long_view_quality_weight * quality
+            ),
             "purchase": _sigmoid(purchase_logit),
         }
 
-    def expected_engagement(self: World, users: np.ndarray, pages: np.ndarray, scenario,
-                            time) -> dict[str, np.ndarray]:
+    def expected_engagement(self: World, users: np.ndarray, pages: np.ndarray, scenario, time) -> dict[str, np.ndarray]:
         """Ground-truth marginal probabilities [B, K] of click, like, long_view and purchase for
         `users` [B] shown `pages` [B, K] (world item ids, column = position) in `scenario` at unix `time`."""
         return _marginals(self.stage_probabilities(users, pages, scenario, time))
 
-    def feedback(self: World, users: np.ndarray, pages: np.ndarray, scenario, time,
-                 rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def feedback(
+        self: World, users: np.ndarray, pages: np.ndarray, scenario, time, rng: np.random.Generator
+    ) -> dict[str, np.ndarray]:
         """Sampled labels (Int8 [B, K]) click, like, long_view, purchase, drawn with `rng`;
         nested per slot: purchase ⊆ like ∪ long_view ⊆ click."""
         stage = self.stage_probabilities(users, pages, scenario, time)
@@ -72,21 +78,29 @@ class SimulatorMixin:
         like = click & (rng.random(shape) < stage["like"])
         long_view = click & (rng.random(shape) < stage["long_view"])
         purchase = (like | long_view) & (rng.random(shape) < stage["purchase"])
-        return {name: value.astype(np.int8) for name, value in
-                zip(TASKS, (click, like, long_view, purchase))}
+        return {name: value.astype(np.int8) for name, value in zip(TASKS, (click, like, long_view, purchase))}
 
-    def page_value(self: World, users: np.ndarray, pages: np.ndarray, weights: dict[str, float] | None = None,
-                   scenario=None, time=None) -> np.ndarray:
+    def page_value(
+        self: World,
+        users: np.ndarray,
+        pages: np.ndarray,
+        weights: dict[str, float] | None = None,
+        scenario=None,
+        time=None,
+    ) -> np.ndarray:
         """Expected weighted engagement per page [B] (default: first scenario, at the end of the log)."""
         weights = _check_weights(weights)
         scenario = self.scenarios[0] if scenario is None else scenario
         time = self.end_time if time is None else time
         expected = self.expected_engagement(users, pages, scenario, time)
-        return sum((weight * expected[task].sum(axis=1) for task, weight in weights.items()),
-                   start=np.zeros(len(expected["click"])))
+        return sum(
+            (weight * expected[task].sum(axis=1) for task, weight in weights.items()),
+            start=np.zeros(len(expected["click"])),
+        )
 
-    def item_values(self: World, users: np.ndarray, weights: dict[str, float] | None = None, scenario=None,
-                    time=None) -> np.ndarray:
+    def item_values(
+        self: World, users: np.ndarray, weights: dict[str, float] | None = None, scenario=None, time=None
+    ) -> np.ndarray:
         """Expected weighted engagement of every item at the top position [B, N] (no position bias)."""
         weights = _check_weights(weights)
         scenario = self.scenarios[0] if scenario is None else scenario
@@ -102,8 +116,14 @@ class SimulatorMixin:
             values[part] = sum(weight * expected[task] for task, weight in weights.items())
         return values
 
-    def oracle_pages(self: World, users: np.ndarray, page_size: int | None = None,
-                     weights: dict[str, float] | None = None, scenario=None, time=None) -> np.ndarray:
+    def oracle_pages(
+        self: World,
+        users: np.ndarray,
+        page_size: int | None = None,
+        weights: dict[str, float] | None = None,
+        scenario=None,
+        time=None,
+    ) -> np.ndarray:
         """The best page [B, K] for each user: items by true value, best first (optimal because the
         value of an item at position k is examination(k) × its top-position value)."""
         k = page_size or self.config.page_size
@@ -115,8 +135,11 @@ class SimulatorMixin:
     def random_pages(self: World, count: int, rng: np.random.Generator, page_size: int | None = None) -> np.ndarray:
         """Uniformly random pages [count, K] of distinct items (a baseline for page metrics)."""
         k = page_size or self.config.page_size
-        return np.argsort(rng.random((count, self.num_items)), axis=1)[:, :k] if self.num_items <= 4 * k \
+        return (
+            np.argsort(rng.random((count, self.num_items)), axis=1)[:, :k]
+            if self.num_items <= 4 * k
             else _distinct_random(rng, count, k, self.num_items)
+        )
 
     # ---- ids and checks --------------------------------------------------------------------------
     def scenario_codes(self: World, scenario, batch: int) -> np.ndarray:
@@ -145,8 +168,10 @@ class SimulatorMixin:
     def check_items(self: World, items: np.ndarray, name: str, ndim: int, batch: int | None = None) -> np.ndarray:
         items = np.asarray(items)
         if items.ndim != ndim or items.dtype.kind not in "iu" or (batch is not None and items.shape[0] != batch):
-            raise DataError(f"{name} must be a {ndim}-d integer array with {batch} rows, "
-                            f"got shape {items.shape} dtype {items.dtype}")
+            raise DataError(
+                f"{name} must be a {ndim}-d integer array with {batch} rows, "
+                f"got shape {items.shape} dtype {items.dtype}"
+            )
         if items.size and (items.min() < 0 or items.max() >= self.num_items):
             raise DataError(f"{name}: item id out of range 0..{self.num_items - 1}")
         return items
@@ -173,8 +198,12 @@ class SimulatorMixin:
 def _marginals(stage: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     click = stage["examine"] * stage["click"]
     engaged = 1.0 - (1.0 - stage["like"]) * (1.0 - stage["long_view"])
-    return {"click": click, "like": click * stage["like"], "long_view": click * stage["long_view"],
-            "purchase": click * engaged * stage["purchase"]}
+    return {
+        "click": click,
+        "like": click * stage["like"],
+        "long_view": click * stage["long_view"],
+        "purchase": click * engaged * stage["purchase"],
+    }
 
 
 def _check_weights(weights: dict[str, float] | None) -> dict[str, float]:

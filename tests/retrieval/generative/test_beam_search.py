@@ -29,7 +29,7 @@ class TableModel(GenerativeModel):
         return {"user": batch["users"].clone()}
 
     def step(self, state, prefix, use_cache=True):
-        weights = torch.tensor([31, 17, 7, 3, 5][:prefix.shape[1]], dtype=torch.long)
+        weights = torch.tensor([31, 17, 7, 3, 5][: prefix.shape[1]], dtype=torch.long)
         bucket = (prefix * weights).sum(1) % 97
         return torch.log_softmax(self.tables[prefix.shape[1]][state["user"], bucket], -1), state
 
@@ -49,15 +49,22 @@ def random_sids(draw_sizes: list[int], num_items: int, seed: int) -> SemanticIds
 
 
 @settings(max_examples=25, deadline=None)
-@given(sizes=st.lists(st.integers(2, 5), min_size=1, max_size=3), num_items=st.integers(1, 30),
-       users=st.integers(1, 4), k=st.integers(1, 12), beam=st.integers(1, 8), seed=st.integers(0, 10_000),
-       history=st.integers(0, 6))
+@given(
+    sizes=st.lists(st.integers(2, 5), min_size=1, max_size=3),
+    num_items=st.integers(1, 30),
+    users=st.integers(1, 4),
+    k=st.integers(1, 12),
+    beam=st.integers(1, 8),
+    seed=st.integers(0, 10_000),
+    history=st.integers(0, 6),
+)
 def test_constrained_decoding_only_emits_valid_distinct_items(sizes, num_items, users, k, beam, seed, history):
     sids = random_sids(sizes, num_items, seed)
     model = TableModel(sids.codebook_sizes, users, seed)
     gen = torch.Generator().manual_seed(seed + 1)
-    exclude = Jagged.from_lengths(torch.randint(1, num_items + 1, (users * history,), generator=gen),
-                                  torch.full((users,), history))
+    exclude = Jagged.from_lengths(
+        torch.randint(1, num_items + 1, (users * history,), generator=gen), torch.full((users,), history)
+    )
     batch = {"users": torch.arange(users)}
     result = beam_search(model, batch, sids.prefix_trie, k, beam, exclude=exclude)
     assert result.items.shape == (users, k) and result.codes.shape == (users, k, sids.levels)

@@ -16,11 +16,22 @@ from recstack.registry import build
 from recstack.semantic_ids.semantic_ids import SemanticIds
 from recstack.world import World, WorldConfig
 
-TINY = {"name": "tiger", "dim": 16, "heads": 2, "head_dim": 8, "ffn_dim": 32, "encoder_layers": 1,
-        "decoder_layers": 1, "max_len": 5, "beam_size": 8, "eval_users": 20, "user_buckets": 8,
-        "sid_encoder": {"name": "collab", "options": {"dim": 16, "train": {"epochs": 1}}},
-        "sid_quantizer": {"name": "rq_kmeans", "levels": 2, "codebook_size": 6},
-        "train": {"epochs": 1, "batch_size": 128, "progress": False}}
+TINY = {
+    "name": "tiger",
+    "dim": 16,
+    "heads": 2,
+    "head_dim": 8,
+    "ffn_dim": 32,
+    "encoder_layers": 1,
+    "decoder_layers": 1,
+    "max_len": 5,
+    "beam_size": 8,
+    "eval_users": 20,
+    "user_buckets": 8,
+    "sid_encoder": {"name": "collab", "options": {"dim": 16, "train": {"epochs": 1}}},
+    "sid_quantizer": {"name": "rq_kmeans", "levels": 2, "codebook_size": 6},
+    "train": {"epochs": 1, "batch_size": 128, "progress": False},
+}
 
 
 @pytest.fixture
@@ -67,12 +78,19 @@ def test_channel_fits_semantic_ids_and_returns_clean_lists(world_dataset):
 
 def test_tiger_channel_in_recstack_run(world_dataset, tmp_path):
     gen = torch.Generator().manual_seed(0)
-    SemanticIds.from_codes(torch.randint(0, 5, (world_dataset.num_items, 2), generator=gen), [5, 5]).save(tmp_path / "sid")
+    SemanticIds.from_codes(torch.randint(0, 5, (world_dataset.num_items, 2), generator=gen), [5, 5]).save(
+        tmp_path / "sid"
+    )
     channel = {**TINY, "semantic_ids": str(tmp_path / "sid")}  # codes given: no encoder / quantizer fit
-    config = {"name": "gen", "dataset": {"name": "tinyworld"}, "ranker": None,
-              "channels": {"popular": {"name": "popular"}, "tiger": channel},
-              "merge": {"k_total": 30, "quotas": {"popular": 10, "tiger": 20}}, "eval": {"ks": [10, 30]},
-              "expect": {"test/page/ndcg@10": {"min": 0.0}}}
+    config = {
+        "name": "gen",
+        "dataset": {"name": "tinyworld"},
+        "ranker": None,
+        "channels": {"popular": {"name": "popular"}, "tiger": channel},
+        "merge": {"k_total": 30, "quotas": {"popular": 10, "tiger": 20}},
+        "eval": {"ks": [10, 30]},
+        "expect": {"test/page/ndcg@10": {"min": 0.0}},
+    }
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(config))
     runs = tmp_path / "runs"
@@ -95,10 +113,15 @@ def test_batches_follow_the_documented_contract():
 
     rng = np.random.default_rng(0)
     users = np.repeat(np.arange(6), 7)
-    frame = pl.DataFrame({"user": [f"u{u}" for u in users], "item": [f"i{i}" for i in rng.integers(0, 9, users.size)],
-                          "timestamp": np.tile(np.arange(7), 6).astype(np.int64),
-                          "click": rng.integers(0, 2, users.size).astype(np.int8),
-                          "buy": rng.integers(0, 2, users.size).astype(np.int8)})
+    frame = pl.DataFrame(
+        {
+            "user": [f"u{u}" for u in users],
+            "item": [f"i{i}" for i in rng.integers(0, 9, users.size)],
+            "timestamp": np.tile(np.arange(7), 6).astype(np.int64),
+            "click": rng.integers(0, 2, users.size).astype(np.int8),
+            "buy": rng.integers(0, 2, users.size).astype(np.int8),
+        }
+    )
     dataset = prepare(RawTables("ev", frame, labels=["click", "buy"]), PrepareConfig())
     sids = SemanticIds.from_codes(torch.arange(dataset.num_items)[:, None] % 3, [3])
     data = GenerativeData(dataset, sids, max_len=3, train_targets="all")
@@ -113,7 +136,7 @@ def test_batches_follow_the_documented_contract():
         end = int(data.windows.ends[row]) - int(train.offsets[user])
         assert int(batch["target_items"][row]) == seq[end - 1]
         hist = batch["history_items"][row][batch["history_mask"][row]].tolist()
-        assert hist == seq[max(0, end - 4):end - 1]
+        assert hist == seq[max(0, end - 4) : end - 1]
     assert torch.equal(batch["history_codes"], sids.codes[batch["history_items"]])
     assert torch.equal(batch["target_codes"], sids.codes[batch["target_items"]])
     # events: 0 on padding; 1 + index of the last positive label (click = 1, buy = 2)

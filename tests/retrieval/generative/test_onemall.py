@@ -20,8 +20,17 @@ from recstack.semantic_ids.semantic_ids import SemanticIds
 from recstack.train import TrainConfig
 
 SIZES = [4, 3, 2]
-SMALL = {"dim": 16, "heads": 2, "layers": 1, "ffn_dim": 32, "num_queries": 2, "experts": 3, "top_k": 2,
-         "dropout": 0.0, "max_len": 8}
+SMALL = {
+    "dim": 16,
+    "heads": 2,
+    "layers": 1,
+    "ffn_dim": 32,
+    "num_queries": 2,
+    "experts": 3,
+    "top_k": 2,
+    "dropout": 0.0,
+    "max_len": 8,
+}
 
 
 def make_model(seed: int = 0, **overrides) -> OneMall:
@@ -36,17 +45,24 @@ def make_batch(b: int = 3, t: int = 5, seed: int = 1) -> dict[str, torch.Tensor]
     lengths = torch.tensor([t, 2, 0][:b] + [t] * max(b - 3, 0))
     mask = torch.arange(t) >= t - lengths[:, None]  # right-aligned; the third user has no history
     codes = torch.stack([torch.randint(0, s, (b, t), generator=gen) for s in SIZES], -1)
-    return {"history_codes": codes * mask[..., None], "history_items": torch.randint(1, 31, (b, t), generator=gen) * mask,
-            "history_mask": mask, "history_events": torch.randint(0, 3, (b, t), generator=gen) * mask,
-            "users": torch.arange(b), "target_items": torch.tensor([4, 4, 9] + [1] * max(b - 3, 0)),
-            "target_codes": torch.stack([torch.randint(0, s, (b,), generator=gen) for s in SIZES], -1)}
+    return {
+        "history_codes": codes * mask[..., None],
+        "history_items": torch.randint(1, 31, (b, t), generator=gen) * mask,
+        "history_mask": mask,
+        "history_events": torch.randint(0, 3, (b, t), generator=gen) * mask,
+        "users": torch.arange(b),
+        "target_items": torch.tensor([4, 4, 9] + [1] * max(b - 3, 0)),
+        "target_codes": torch.stack([torch.randint(0, s, (b,), generator=gen) for s in SIZES], -1),
+    }
 
 
 def test_behaviours_default_to_all_plus_each_event_and_validate_names():
     assert resolve_behaviours(None, []) == {"all": None}
     assert resolve_behaviours(None, ["click", "buy"]) == {"all": None, "click": [1], "buy": [2]}
-    assert resolve_behaviours({"engaged": ["click", "buy"], "seen": ["*"]}, ["click", "buy"]) == \
-        {"engaged": [1, 2], "seen": None}
+    assert resolve_behaviours({"engaged": ["click", "buy"], "seen": ["*"]}, ["click", "buy"]) == {
+        "engaged": [1, 2],
+        "seen": None,
+    }
     with pytest.raises(ConfigError, match="behaviours.cart"):
         resolve_behaviours({"cart": ["add_to_cart"]}, ["click", "buy"])
     for bad in ({"top_k": 4, "experts": 3}, {"dim": 10, "heads": 4}, {"temperature": 0.0}, {"behaviours": {}}):
@@ -64,8 +80,9 @@ def test_shapes_and_padding_does_not_change_outputs(query_former):
     if query_former:  # start token + 3 behaviours x 2 queries
         assert ctx.shape == (3, 1 + 3 * 2, 16) and mask.all()
     else:  # start token + each behaviour's items (packed to its longest row)
-        assert ctx.shape[1] == 1 + 5 + int((batch["history_events"] == 1).sum(1).max()) \
-            + int((batch["history_events"] == 2).sum(1).max())
+        assert ctx.shape[1] == 1 + 5 + int((batch["history_events"] == 1).sum(1).max()) + int(
+            (batch["history_events"] == 2).sum(1).max()
+        )
     out = model.loss(batch)
     assert set(out) == {"loss", "ce", "moe_aux", "contrastive"} and all(torch.isfinite(v) for v in out.values())
     # Four more padding columns on the left, holding garbage codes / items / events: same loss and log-probs.
@@ -124,8 +141,11 @@ def test_moe_aux_and_contrastive_reach_their_parameters():
 
 def successor_dataset(num_users: int = 20, length: int = 7, num_items: int = 10):
     """Item i is always followed by i + 1 (cyclic); every other interaction is a click, every third a buy."""
-    rows = [(f"u{u:02d}", f"i{(u + s) % num_items:02d}", s, int(s % 2 == 0), int(s % 3 == 0))
-            for u in range(num_users) for s in range(length)]
+    rows = [
+        (f"u{u:02d}", f"i{(u + s) % num_items:02d}", s, int(s % 2 == 0), int(s % 3 == 0))
+        for u in range(num_users)
+        for s in range(length)
+    ]
     frame = pl.DataFrame(rows, schema=["user", "item", "timestamp", "click", "buy"], orient="row")
     return prepare(RawTables("successor", frame, labels=["click", "buy"], timestamp_kind="order"))
 
@@ -147,10 +167,20 @@ def fitted(tmp_path_factory):
     codes = torch.stack([torch.arange(10) % 4, torch.arange(10) // 4 % 3], 1)  # 10 items, 2 levels (+ dedup)
     folder = tmp_path_factory.mktemp("sid")
     SemanticIds.from_codes(codes, [4, 3]).save(folder)
-    train = TrainConfig(epochs=40, batch_size=128, lr=5e-3, weight_decay=0.0, warmup_ratio=0.0, patience=0,
-                        eval_every=40, progress=False, seed=0)  # recall@1 = 1.0 with seeds 0, 1, 2
-    config = OneMallConfig(**{**SMALL, "dim": 32, "max_len": 4}, semantic_ids=str(folder), beam_size=10,
-                           eval_users=None, train=train)
+    train = TrainConfig(
+        epochs=40,
+        batch_size=128,
+        lr=5e-3,
+        weight_decay=0.0,
+        warmup_ratio=0.0,
+        patience=0,
+        eval_every=40,
+        progress=False,
+        seed=0,
+    )  # recall@1 = 1.0 with seeds 0, 1, 2
+    config = OneMallConfig(
+        **{**SMALL, "dim": 32, "max_len": 4}, semantic_ids=str(folder), beam_size=10, eval_users=None, train=train
+    )
     return dataset, OneMallRetriever(config).fit(dataset)
 
 

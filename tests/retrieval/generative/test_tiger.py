@@ -12,24 +12,43 @@ from recstack.data.tables import RawTables
 from recstack.errors import ConfigError
 from recstack.registry import build
 from recstack.retrieval.base import Retriever
+from recstack.retrieval.generative.base import ModelShape
 from recstack.retrieval.generative.beam_search import beam_search
 from recstack.retrieval.generative.data import GenerativeData
 from recstack.retrieval.generative.tiger import TigerConfig, TigerModel
-from recstack.retrieval.generative.base import ModelShape
 from recstack.semantic_ids.semantic_ids import SemanticIds
 
-SMALL = {"dim": 32, "heads": 2, "head_dim": 16, "ffn_dim": 64, "encoder_layers": 1, "decoder_layers": 1,
-         "dropout": 0.0, "max_len": 4, "user_buckets": 16, "eval_users": None, "beam_size": 10}
+SMALL = {
+    "dim": 32,
+    "heads": 2,
+    "head_dim": 16,
+    "ffn_dim": 64,
+    "encoder_layers": 1,
+    "decoder_layers": 1,
+    "dropout": 0.0,
+    "max_len": 4,
+    "user_buckets": 16,
+    "eval_users": None,
+    "beam_size": 10,
+}
 
 
 def cycle_raw(num_users: int = 30, num_items: int = 20, per_user: int = 8, seed: int = 0) -> RawTables:
-    """Each user walks the item cycle i -> i + 1 (mod N) from a random start: the next item is planted."""
+    """Each user walks the item cycle i -> i + 1 (mod N): the next item is planted.
+
+    Starts cover every item equally often (shuffled by `seed`), so every transition of the cycle is in
+    some user's train rows: a random start can leave the one transition a test user needs unseen."""
     rng = np.random.default_rng(seed)
-    starts = rng.integers(0, num_items, num_users)
+    starts = rng.permutation(np.arange(num_users) % num_items)
     users = np.repeat(np.arange(num_users), per_user)
     items = (starts[users] + np.tile(np.arange(per_user), num_users)) % num_items
-    frame = pl.DataFrame({"user": [f"u{u}" for u in users], "item": [f"i{i:02d}" for i in items],
-                          "timestamp": np.tile(np.arange(per_user), num_users).astype(np.int64) * 10})
+    frame = pl.DataFrame(
+        {
+            "user": [f"u{u}" for u in users],
+            "item": [f"i{i:02d}" for i in items],
+            "timestamp": np.tile(np.arange(per_user), num_users).astype(np.int64) * 10,
+        }
+    )
     return RawTables("cycle", frame, items=pl.DataFrame({"item": [f"i{i:02d}" for i in range(num_items)]}))
 
 
@@ -40,8 +59,9 @@ def cycle():
 
 def random_sids(num_items: int, sizes=(4, 4), seed: int = 0) -> SemanticIds:
     gen = torch.Generator().manual_seed(seed)
-    return SemanticIds.from_codes(torch.stack([torch.randint(0, s, (num_items,), generator=gen) for s in sizes], 1),
-                                  list(sizes))
+    return SemanticIds.from_codes(
+        torch.stack([torch.randint(0, s, (num_items,), generator=gen) for s in sizes], 1), list(sizes)
+    )
 
 
 def test_kv_cache_matches_full_recompute(cycle):
@@ -66,9 +86,23 @@ def test_kv_cache_matches_full_recompute(cycle):
 def test_tiger_learns_planted_next_item_and_reloads(cycle, tmp_path):
     sids = random_sids(cycle.num_items)
     sids.save(tmp_path / "sid")
-    retriever = build("retriever", {"name": "tiger", **SMALL, "semantic_ids": str(tmp_path / "sid"),
-                                    "train": {"epochs": 25, "batch_size": 50, "lr": 1e-2, "eval_every": 25,
-                                              "patience": 0, "warmup_ratio": 0.0, "progress": False}})
+    retriever = build(
+        "retriever",
+        {
+            "name": "tiger",
+            **SMALL,
+            "semantic_ids": str(tmp_path / "sid"),
+            "train": {
+                "epochs": 25,
+                "batch_size": 50,
+                "lr": 1e-2,
+                "eval_every": 25,
+                "patience": 0,
+                "warmup_ratio": 0.0,
+                "progress": False,
+            },
+        },
+    )
     retriever.fit(cycle)
     test = retriever.evaluate(cycle, "test", ks=(1, 5))
     assert test["recall@5"] >= 0.9 and test["recall@1"] >= 0.7, test
@@ -87,7 +121,8 @@ def test_config_errors_name_the_key():
         build("retriever", {"name": "tiger", "train_targets": "first"})
     with pytest.raises(ConfigError, match="semantic_ids"):
         build("retriever", {"name": "tiger", "semantic_ids": "/no/such/folder"}).fit(
-            prepare(cycle_raw(num_users=3), PrepareConfig()))
+            prepare(cycle_raw(num_users=3), PrepareConfig())
+        )
     with pytest.raises(ConfigError, match="encoder_attention"):
         build("retriever", {"name": "tiger", "train_targets": "sequence"})
 
@@ -111,19 +146,34 @@ def test_causal_encoder_reads_every_prefix_in_one_pass(cycle):
     # a later item never changes what an earlier prefix sees
     changed = {**batch, "history_codes": batch["history_codes"].clone()}
     changed["history_codes"][:, -1, 0] = (changed["history_codes"][:, -1, 0] + 1) % 4  # level 0 has 4 codes
-    memory, mask = model.encode(batch)
+    memory, _mask = model.encode(batch)
     memory2, _ = model.encode(changed)
-    assert torch.allclose(memory[:, :-sids.levels], memory2[:, :-sids.levels], atol=1e-6)
-    assert not torch.allclose(memory[:, -sids.levels:], memory2[:, -sids.levels:])
+    assert torch.allclose(memory[:, : -sids.levels], memory2[:, : -sids.levels], atol=1e-6)
+    assert not torch.allclose(memory[:, -sids.levels :], memory2[:, -sids.levels :])
 
 
 def test_causal_tiger_learns_planted_next_item_from_windows(cycle, tmp_path):
     sids = random_sids(cycle.num_items)
     sids.save(tmp_path / "sid")
-    retriever = build("retriever", {"name": "tiger", **SMALL, "semantic_ids": str(tmp_path / "sid"),
-                                    "encoder_attention": "causal", "train_targets": "sequence",
-                                    "train": {"epochs": 60, "batch_size": 10, "lr": 1e-2, "eval_every": 60,
-                                              "patience": 0, "warmup_ratio": 0.0, "progress": False}})
+    retriever = build(
+        "retriever",
+        {
+            "name": "tiger",
+            **SMALL,
+            "semantic_ids": str(tmp_path / "sid"),
+            "encoder_attention": "causal",
+            "train_targets": "sequence",
+            "train": {
+                "epochs": 60,
+                "batch_size": 10,
+                "lr": 1e-2,
+                "eval_every": 60,
+                "patience": 0,
+                "warmup_ratio": 0.0,
+                "progress": False,
+            },
+        },
+    )
     retriever.fit(cycle)
     test = retriever.evaluate(cycle, "test", ks=(1, 5))
     assert test["recall@5"] >= 0.9, test
@@ -133,5 +183,6 @@ def test_onemall_refuses_sequence_targets(cycle, tmp_path):
     sids = random_sids(cycle.num_items)
     sids.save(tmp_path / "sid")
     with pytest.raises(ConfigError, match="sequence"):
-        build("retriever", {"name": "onemall", "semantic_ids": str(tmp_path / "sid"),
-                            "train_targets": "sequence"}).fit(cycle)
+        build("retriever", {"name": "onemall", "semantic_ids": str(tmp_path / "sid"), "train_targets": "sequence"}).fit(
+            cycle
+        )

@@ -11,16 +11,22 @@ imported on first lookup, so importing this package stays cheap.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from recstack.data.tables import RawTables
 from recstack.registry import add_plugin_modules, lookup, names, register
 
 SourceLoader = Callable[..., RawTables]
 
-add_plugin_modules("source", [f"recstack.data.sources.{module}" for module in
-                              ("movielens", "amazon", "recbole", "minionerec", "kuai", "generic")])
+add_plugin_modules(
+    "source",
+    [
+        f"recstack.data.sources.{module}"
+        for module in ("movielens", "amazon", "recbole", "minionerec", "kuai", "generic")
+    ],
+)
 
 
 def source(name: str) -> Callable[[SourceLoader], SourceLoader]:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import gzip
 import io
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import polars as pl
 
@@ -55,10 +55,18 @@ def read_bytes(path: Path, encoding: str = "utf8") -> bytes:
     return data
 
 
-def read_table(path: Path, *, separator: str, dtypes: dict[str, pl.DataType],
-               names: list[str] | None = None, required: Iterable[str] = (), quoted: bool = False,
-               encoding: str = "utf8", infer_types: bool = False,
-               null_values: list[str] | None = None) -> pl.DataFrame:
+def read_table(
+    path: Path,
+    *,
+    separator: str,
+    dtypes: dict[str, pl.DataType],
+    names: list[str] | None = None,
+    required: Iterable[str] = (),
+    quoted: bool = False,
+    encoding: str = "utf8",
+    infer_types: bool = False,
+    null_values: list[str] | None = None,
+) -> pl.DataFrame:
     """Parse a delimited text file; columns not in `dtypes` stay strings.
 
     names: None = the first line is a header; else the file has no header and exactly these columns.
@@ -72,8 +80,13 @@ def read_table(path: Path, *, separator: str, dtypes: dict[str, pl.DataType],
     if len(separator) > 1:
         source = source.replace(separator.encode(), _SPLIT_CHAR.encode())
     sep = _SPLIT_CHAR if len(separator) > 1 else separator
-    options = dict(separator=sep, quote_char='"' if quoted else None, has_header=names is None,
-                   infer_schema=False, null_values=null_values)
+    options = dict(
+        separator=sep,
+        quote_char='"' if quoted else None,
+        has_header=names is None,
+        infer_schema=False,
+        null_values=null_values,
+    )
     first_line = 2 if names is None else 1
     try:
         present = pl.read_csv(_as_source(source), n_rows=1, truncate_ragged_lines=True, **options).columns
@@ -83,8 +96,10 @@ def read_table(path: Path, *, separator: str, dtypes: dict[str, pl.DataType],
         raise DataError(f"{path}: cannot parse ({exc})") from exc
     expected = names if names is not None else list(required)
     if names is not None and len(present) != len(names):
-        raise DataError(f"{path}: line 1 has {len(present)} field(s) separated by {separator!r}, expected "
-                        f"{len(names)} ({', '.join(names)}); wrong delimiter or wrong file?")
+        raise DataError(
+            f"{path}: line 1 has {len(present)} field(s) separated by {separator!r}, expected "
+            f"{len(names)} ({', '.join(names)}); wrong delimiter or wrong file?"
+        )
     columns = names or present
     missing = [c for c in expected if c not in columns]
     if missing:
@@ -112,9 +127,16 @@ def _as_source(source: Path | bytes) -> Path | io.BytesIO:
     return io.BytesIO(source) if isinstance(source, bytes) else source
 
 
-def _locate_parse_error(path: Path, source: Path | bytes, options: dict, names: list[str] | None,
-                        typed: dict[str, pl.DataType], first_line: int, separator: str,
-                        exc: Exception) -> pl.DataFrame:
+def _locate_parse_error(
+    path: Path,
+    source: Path | bytes,
+    options: dict,
+    names: list[str] | None,
+    typed: dict[str, pl.DataType],
+    first_line: int,
+    separator: str,
+    exc: Exception,
+) -> pl.DataFrame:
     """Slow path after a failed typed read: find the line at fault and raise a precise DataError."""
     try:
         raw = pl.read_csv(_as_source(source), new_columns=names, **options)
@@ -127,8 +149,7 @@ def _locate_parse_error(path: Path, source: Path | bytes, options: dict, names: 
             too_many = (lines.str.count_matches(sep, literal=True) + 1 > width) & (lines.str.len_chars() > 0)
             if too_many.any():
                 line = int(too_many.arg_max()) + 1
-                raise DataError(f"{path}: line {line} has more than {width} fields separated by "
-                                f"{separator!r}") from exc
+                raise DataError(f"{path}: line {line} has more than {width} fields separated by {separator!r}") from exc
         raise DataError(f"{path}: cannot parse ({exc})") from exc
     raw = raw.with_row_index("_line", offset=first_line)
     for column, dtype in typed.items():
@@ -136,18 +157,26 @@ def _locate_parse_error(path: Path, source: Path | bytes, options: dict, names: 
         bad = cast.is_null() & raw[column].is_not_null()
         if bad.any():
             row = int(bad.arg_max())
-            raise DataError(f"{path}: line {raw['_line'][row]}: column {column!r} has value "
-                            f"{raw[column][row]!r}, expected {dtype}") from exc
+            raise DataError(
+                f"{path}: line {raw['_line'][row]}: column {column!r} has value {raw[column][row]!r}, expected {dtype}"
+            ) from exc
     raise DataError(f"{path}: cannot parse ({exc})") from exc
 
 
 def read_lines(path: Path, encoding: str = "utf8") -> pl.DataFrame:
     """Non-blank lines of a text file as a frame (line: str, _line: 1-based line number)."""
-    source: Path | bytes = read_bytes(path, encoding) if (encoding != "utf8" or path.suffix == ".gz") \
-        else require_file(path)
+    source: Path | bytes = (
+        read_bytes(path, encoding) if (encoding != "utf8" or path.suffix == ".gz") else require_file(path)
+    )
     try:
-        frame = pl.read_csv(_as_source(source), has_header=False, separator=_SPLIT_CHAR, quote_char=None,
-                            new_columns=["line"], infer_schema=False)
+        frame = pl.read_csv(
+            _as_source(source),
+            has_header=False,
+            separator=_SPLIT_CHAR,
+            quote_char=None,
+            new_columns=["line"],
+            infer_schema=False,
+        )
     except pl.exceptions.NoDataError as exc:
         raise DataError(f"{path}: file is empty") from exc
     except pl.exceptions.PolarsError as exc:
@@ -192,8 +221,11 @@ def flatten_json_text(frame: pl.DataFrame, column: str, inner: str = " > ", oute
     is_nested = text.str.starts_with("[") & text.str.slice(1).str.strip_chars_start().str.starts_with("[")
     is_list = text.str.starts_with("[") & ~is_nested
     nested = frame.filter(is_nested).with_columns(
-        pl.col(column).str.json_decode(pl.List(pl.List(pl.Utf8)))
-        .list.eval(pl.element().list.join(inner)).list.join(outer))
+        pl.col(column)
+        .str.json_decode(pl.List(pl.List(pl.Utf8)))
+        .list.eval(pl.element().list.join(inner))
+        .list.join(outer)
+    )
     flat = frame.filter(is_list).with_columns(pl.col(column).str.json_decode(pl.List(pl.Utf8)).list.join(inner))
     plain = frame.filter(~is_nested & ~is_list)
     return pl.concat([nested, flat, plain]).sort("_order").drop("_order")

@@ -32,8 +32,11 @@ def sequences_from_lines(path: Path) -> pl.DataFrame:
         user = repeated["user"][0]
         numbers = repeated.filter(pl.col("user") == user)["_line"].to_list()
         raise DataError(f"{path}: user {user!r} appears on more than one line (lines {numbers[0]} and {numbers[1]})")
-    return (lines.select("user", "items", timestamp=pl.int_ranges(0, pl.col("items").list.len(), dtype=pl.Int64))
-            .explode("items", "timestamp").rename({"items": "item"}))
+    return (
+        lines.select("user", "items", timestamp=pl.int_ranges(0, pl.col("items").list.len(), dtype=pl.Int64))
+        .explode("items", "timestamp")
+        .rename({"items": "item"})
+    )
 
 
 def assemble_from_samples(samples: pl.DataFrame, origin: str) -> pl.DataFrame:
@@ -49,37 +52,57 @@ def assemble_from_samples(samples: pl.DataFrame, origin: str) -> pl.DataFrame:
     duplicated = targets.filter(pl.struct("user", "position").is_duplicated())
     if duplicated.height:
         first = duplicated.row(0, named=True)
-        raise DataError(f"{origin}: user {first['user']!r} has two samples predicting position "
-                        f"{first['position']} (e.g. {first['file']} line {first['_line']})")
-    history = (samples.select("user", "file", "_line", item="history",
-                              position=pl.int_ranges(pl.col("position") - pl.col("history").list.len(),
-                                                     pl.col("position"), dtype=pl.Int64))
-               .explode("item", "position").drop_nulls("item")
-               .with_columns(split=pl.lit("train")))
+        raise DataError(
+            f"{origin}: user {first['user']!r} has two samples predicting position "
+            f"{first['position']} (e.g. {first['file']} line {first['_line']})"
+        )
+    history = (
+        samples.select(
+            "user",
+            "file",
+            "_line",
+            item="history",
+            position=pl.int_ranges(
+                pl.col("position") - pl.col("history").list.len(), pl.col("position"), dtype=pl.Int64
+            ),
+        )
+        .explode("item", "position")
+        .drop_nulls("item")
+        .with_columns(split=pl.lit("train"))
+    )
     negative = history.filter(pl.col("position") < 0)
     if negative.height:
         first = negative.row(0, named=True)
-        raise DataError(f"{origin}: {first['file']} line {first['_line']}: the history of user {first['user']!r} "
-                        "is longer than the target's position allows")
+        raise DataError(
+            f"{origin}: {first['file']} line {first['_line']}: the history of user {first['user']!r} "
+            "is longer than the target's position allows"
+        )
     cells = pl.concat([targets.select(history.columns), history])
-    conflicts = (cells.group_by("user", "position").agg(pl.col("item").n_unique().alias("n"), pl.all().first())
-                 .filter(pl.col("n") > 1))
+    conflicts = (
+        cells.group_by("user", "position")
+        .agg(pl.col("item").n_unique().alias("n"), pl.all().first())
+        .filter(pl.col("n") > 1)
+    )
     if conflicts.height:
         first = conflicts.sort("user", "position").row(0, named=True)
         seen = cells.filter((pl.col("user") == first["user"]) & (pl.col("position") == first["position"]))
-        where = "; ".join(f"{r['file']} line {r['_line']}: {r['item']!r}"
-                          for r in seen.unique("item", maintain_order=True).head(2).iter_rows(named=True))
+        where = "; ".join(
+            f"{r['file']} line {r['_line']}: {r['item']!r}"
+            for r in seen.unique("item", maintain_order=True).head(2).iter_rows(named=True)
+        )
         raise DataError(f"{origin}: samples disagree on item {first['position']} of user {first['user']!r} ({where})")
     # A target's split wins over "train" from a later history that mentions the same position.
     rank = pl.col("split").replace_strict({"train": 0, "valid": 1, "test": 2}, default=0, return_dtype=pl.Int8)
-    sequence = (cells.sort("user", "position", rank, descending=[False, False, True])
-                .unique(["user", "position"], keep="first", maintain_order=True))
+    sequence = cells.sort("user", "position", rank, descending=[False, False, True]).unique(
+        ["user", "position"], keep="first", maintain_order=True
+    )
     counts = sequence.group_by("user").agg(n=pl.len(), last=pl.col("position").max())
     gaps = counts.filter(pl.col("n") != pl.col("last") + 1)
     if gaps.height:
         user = gaps.sort("user")["user"][0]
         have = set(sequence.filter(pl.col("user") == user)["position"].to_list())
         hole = min(set(range(max(have) + 1)) - have)
-        raise DataError(f"{origin}: no sample gives item {hole} of user {user!r}'s sequence "
-                        "(history rows missing or truncated)")
+        raise DataError(
+            f"{origin}: no sample gives item {hole} of user {user!r}'s sequence (history rows missing or truncated)"
+        )
     return sequence.select("user", "item", timestamp="position", split="split")

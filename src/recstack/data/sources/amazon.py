@@ -39,8 +39,10 @@ def load_amazon(path: str | Path) -> RawTables:
         return load_amazon_sequences(folder)
     reviews = find_file(folder, *REVIEW_PATTERNS)
     if reviews is None:
-        raise DataError(f"{folder}: no Amazon files found; expected user_sequence.txt (+ items.jsonl) or a "
-                        f"5-core reviews file <Category>_5.json[.gz] (+ meta_<Category>.json[.gz])")
+        raise DataError(
+            f"{folder}: no Amazon files found; expected user_sequence.txt (+ items.jsonl) or a "
+            f"5-core reviews file <Category>_5.json[.gz] (+ meta_<Category>.json[.gz])"
+        )
     return load_amazon_reviews(reviews, find_file(folder, *META_PATTERNS))
 
 
@@ -51,32 +53,48 @@ def load_amazon_sequences(folder: Path) -> RawTables:
     text_fields = ["title", "categories"]
     items_path = folder / "items.jsonl"
     if items_path.is_file():
-        described = read_ndjson(items_path, {"asin": pl.Utf8, "title": pl.Utf8, "categories": pl.Utf8},
-                                required=["asin"])
+        described = read_ndjson(
+            items_path, {"asin": pl.Utf8, "title": pl.Utf8, "categories": pl.Utf8}, required=["asin"]
+        )
         _reject_repeats(described, "asin", items_path)
         described = flatten_json_text(described, "categories").select(
-            item="asin", title=pl.col("title").fill_null(""), categories="categories")
+            item="asin", title=pl.col("title").fill_null(""), categories="categories"
+        )
         items = pl.concat([described, seen.join(described, on="item", how="anti")], how="diagonal")
     else:
         items = seen
-    items = items.with_columns(*(pl.col(f).fill_null("") if f in items.columns else pl.lit("").alias(f)
-                                 for f in text_fields))
-    return RawTables(name=folder.name, interactions=inter, items=items, labels=["view"], text_fields=text_fields,
-                     timestamp_kind="order", origin=str(path)).validate()
+    items = items.with_columns(
+        *(pl.col(f).fill_null("") if f in items.columns else pl.lit("").alias(f) for f in text_fields)
+    )
+    return RawTables(
+        name=folder.name,
+        interactions=inter,
+        items=items,
+        labels=["view"],
+        text_fields=text_fields,
+        timestamp_kind="order",
+        origin=str(path),
+    ).validate()
 
 
 def load_amazon_reviews(reviews_path: Path, meta_path: Path | None = None) -> RawTables:
-    reviews = read_ndjson(reviews_path, {"reviewerID": pl.Utf8, "asin": pl.Utf8, "overall": pl.Float64,
-                                         "unixReviewTime": pl.Int64},
-                          required=["reviewerID", "asin", "overall", "unixReviewTime"])
-    inter = with_rating_labels(reviews.select(user="reviewerID", item="asin", timestamp="unixReviewTime",
-                                              rating="overall"))
+    reviews = read_ndjson(
+        reviews_path,
+        {"reviewerID": pl.Utf8, "asin": pl.Utf8, "overall": pl.Float64, "unixReviewTime": pl.Int64},
+        required=["reviewerID", "asin", "overall", "unixReviewTime"],
+    )
+    inter = with_rating_labels(
+        reviews.select(user="reviewerID", item="asin", timestamp="unixReviewTime", rating="overall")
+    )
     items = inter.select("item").unique(maintain_order=True)
     extra: dict = {}
     text_fields = ["title", "brand", "categories", "description"]
     if meta_path is not None:
-        meta = read_ndjson(meta_path, {"asin": pl.Utf8, "title": pl.Utf8, "brand": pl.Utf8, "category": pl.Utf8,
-                                       "description": pl.Utf8}, required=["asin"])
+        meta = read_ndjson(
+            meta_path,
+            {"asin": pl.Utf8, "title": pl.Utf8, "brand": pl.Utf8, "category": pl.Utf8, "description": pl.Utf8},
+            required=["asin"],
+        )
         before = meta.height
         meta = meta.unique("asin", keep="first", maintain_order=True)
         extra["meta_duplicates_dropped"] = before - meta.height
@@ -85,12 +103,20 @@ def load_amazon_reviews(reviews_path: Path, meta_path: Path | None = None) -> Ra
         meta = flatten_json_text(reviewed.rename({"category": "categories"}), "categories")
         meta = flatten_json_text(meta, "description", inner=" ")
         items = items.join(meta.rename({"asin": "item"}), on="item", how="left", maintain_order="left")
-    items = items.select("item", *(pl.col(f).fill_null("") if f in items.columns else pl.lit("").alias(f)
-                                   for f in text_fields))
+    items = items.select(
+        "item", *(pl.col(f).fill_null("") if f in items.columns else pl.lit("").alias(f) for f in text_fields)
+    )
     name = reviews_path.name.split(".")[0].removesuffix("_5")
-    return RawTables(name=name, interactions=inter, items=items, labels=["rating", "like", "view"],
-                     text_fields=text_fields, timestamp_kind="unix_seconds", origin=str(reviews_path),
-                     extra=extra).validate()
+    return RawTables(
+        name=name,
+        interactions=inter,
+        items=items,
+        labels=["rating", "like", "view"],
+        text_fields=text_fields,
+        timestamp_kind="unix_seconds",
+        origin=str(reviews_path),
+        extra=extra,
+    ).validate()
 
 
 def _reject_repeats(frame: pl.DataFrame, key: str, path: Path) -> None:

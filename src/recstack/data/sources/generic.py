@@ -84,10 +84,19 @@ def load_mapped(config: GenericSourceConfig, base: Path, default_name: str = "ge
         raise ConfigError("interactions.path is required (the interaction log file)")
     log_path = _resolve(base, spec.path)
     frame = _read(log_path, config.delimiter)
-    _require(frame, log_path, {"interactions.user": spec.user, "interactions.item": spec.item,
-                               "interactions.timestamp": spec.timestamp, "interactions.scenario": spec.scenario,
-                               "interactions.event": spec.event, "interactions.split": spec.split,
-                               **{f"interactions.labels.{k}": v for k, v in spec.labels.items()}})
+    _require(
+        frame,
+        log_path,
+        {
+            "interactions.user": spec.user,
+            "interactions.item": spec.item,
+            "interactions.timestamp": spec.timestamp,
+            "interactions.scenario": spec.scenario,
+            "interactions.event": spec.event,
+            "interactions.split": spec.split,
+            **{f"interactions.labels.{k}": v for k, v in spec.labels.items()},
+        },
+    )
     columns = [pl.col(spec.user).cast(pl.Utf8).alias("user"), pl.col(spec.item).cast(pl.Utf8).alias("item")]
     for key in ("scenario", "event", "split"):
         if getattr(spec, key):
@@ -104,11 +113,17 @@ def load_mapped(config: GenericSourceConfig, base: Path, default_name: str = "ge
     if not spec.labels:
         inter = inter.with_columns(view=pl.lit(1, dtype=pl.Int8))
     ordered = ["user", "item", "timestamp", *labels, *[c for c in ("scenario", "event", "split") if c in inter.columns]]
-    tables = RawTables(name=config.name or default_name, interactions=inter.select(ordered), labels=labels,
-                       timestamp_kind=timestamp_kind, origin=str(log_path))
+    tables = RawTables(
+        name=config.name or default_name,
+        interactions=inter.select(ordered),
+        labels=labels,
+        timestamp_kind=timestamp_kind,
+        origin=str(log_path),
+    )
     if config.items is not None:
-        tables.items, tables.text_fields = _side(config.items, config.items.item, "item", base, config.delimiter,
-                                                 config.items.text)
+        tables.items, tables.text_fields = _side(
+            config.items, config.items.item, "item", base, config.delimiter, config.items.text
+        )
     if config.users is not None:
         tables.users, _ = _side(config.users, config.users.user, "user", base, config.delimiter, [])
     return tables.validate()
@@ -135,8 +150,9 @@ def _require(frame: pl.DataFrame, path: Path, mapping: dict[str, str | None]) ->
     for key, column in mapping.items():
         if column is not None and column not in frame.columns:
             hint = " (a single column: wrong delimiter?)" if len(present) == 1 else ""
-            raise DataError(f"{path}: column {column!r} (mapped by {key}) not found; columns present: "
-                            f"{', '.join(present)}{hint}")
+            raise DataError(
+                f"{path}: column {column!r} (mapped by {key}) not found; columns present: {', '.join(present)}{hint}"
+            )
         if column is not None and frame[column].null_count():
             line = frame.filter(pl.col(column).is_null())["_line"][0]
             raise DataError(f"{path}: line {line}: missing value in column {column!r} (mapped by {key})")
@@ -151,8 +167,10 @@ def _timestamps(frame: pl.DataFrame, spec: InteractionsMapping, path: Path) -> p
         bad = parsed.is_null()
         if bad.any():
             row = int(bad.arg_max())
-            raise DataError(f"{path}: line {frame['_line'][row]}: timestamp {column[row]!r} does not match "
-                            f"timestamp_format {spec.timestamp_format!r}")
+            raise DataError(
+                f"{path}: line {frame['_line'][row]}: timestamp {column[row]!r} does not match "
+                f"timestamp_format {spec.timestamp_format!r}"
+            )
         return parsed.dt.epoch("s")
     if column.dtype.is_float():
         return column.round(0).cast(pl.Int64)
@@ -160,13 +178,16 @@ def _timestamps(frame: pl.DataFrame, spec: InteractionsMapping, path: Path) -> p
     bad = cast.is_null()
     if bad.any():
         row = int(bad.arg_max())
-        raise DataError(f"{path}: line {frame['_line'][row]}: timestamp {column[row]!r} is not a number; set "
-                        "interactions.timestamp_format for text dates")
+        raise DataError(
+            f"{path}: line {frame['_line'][row]}: timestamp {column[row]!r} is not a number; set "
+            "interactions.timestamp_format for text dates"
+        )
     return cast
 
 
-def _side(spec: ItemsMapping | UsersMapping, key: str, name: str, base: Path, delimiter: str,
-          text: list[str]) -> tuple[pl.DataFrame, list[str]]:
+def _side(
+    spec: ItemsMapping | UsersMapping, key: str, name: str, base: Path, delimiter: str, text: list[str]
+) -> tuple[pl.DataFrame, list[str]]:
     if not spec.path:
         raise ConfigError(f"{name}s.path is required when {name}s is given")
     path = _resolve(base, spec.path)
@@ -175,8 +196,11 @@ def _side(spec: ItemsMapping | UsersMapping, key: str, name: str, base: Path, de
     _require(frame, path, {f"{name}s.{name}": key})
     for column in [*text, *keep]:
         if column not in frame.columns:
-            raise DataError(f"{path}: column {column!r} (listed in {name}s) not found; columns present: "
-                            f"{', '.join(c for c in frame.columns if c != '_line')}")
-    table = frame.select(pl.col(key).cast(pl.Utf8).alias(name), *[pl.col(c).cast(pl.Utf8).fill_null("") for c in text],
-                         *keep)
+            raise DataError(
+                f"{path}: column {column!r} (listed in {name}s) not found; columns present: "
+                f"{', '.join(c for c in frame.columns if c != '_line')}"
+            )
+    table = frame.select(
+        pl.col(key).cast(pl.Utf8).alias(name), *[pl.col(c).cast(pl.Utf8).fill_null("") for c in text], *keep
+    )
     return table, list(text)

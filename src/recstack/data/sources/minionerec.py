@@ -46,8 +46,10 @@ def load_minionerec(path: str | Path, category: str | None = None) -> RawTables:
     if category is None:
         found = find_file(folder, "*.item.json")
         if found is None:
-            raise DataError(f"{folder}: no <Category>.item.json found (MiniOneRec layout: <C>.item.json, "
-                            "<C>.index.json, <C>.valid.csv, <C>.test.csv)")
+            raise DataError(
+                f"{folder}: no <Category>.item.json found (MiniOneRec layout: <C>.item.json, "
+                "<C>.index.json, <C>.valid.csv, <C>.test.csv)"
+            )
         category = found.name.removesuffix(".item.json")
     items = _read_items(folder / f"{category}.item.json")
     parts = []
@@ -56,9 +58,17 @@ def load_minionerec(path: str | Path, category: str | None = None) -> RawTables:
         if split == "train" and not path_.is_file():
             continue
         frame = read_table(path_, separator=",", quoted=True, dtypes={}, required=SAMPLE_COLUMNS)
-        parts.append(frame.select(user="user_id", target="item_id", _line="_line", file=pl.lit(path_.name),
-                                  split=pl.lit(split), order=pl.lit(order),
-                                  history=pl.col("history_item_id").str.extract_all(r"[^\[\]\s,'\"]+")))
+        parts.append(
+            frame.select(
+                user="user_id",
+                target="item_id",
+                _line="_line",
+                file=pl.lit(path_.name),
+                split=pl.lit(split),
+                order=pl.lit(order),
+                history=pl.col("history_item_id").str.extract_all(r"[^\[\]\s,'\"]+"),
+            )
+        )
     samples = pl.concat(parts).sort("user", "order", "_line")
     start = pl.col("history").list.len().first().over("user").cast(pl.Int64)
     samples = samples.with_columns(position=start + pl.int_range(pl.len(), dtype=pl.Int64).over("user"))
@@ -67,9 +77,16 @@ def load_minionerec(path: str | Path, category: str | None = None) -> RawTables:
     index_path = folder / f"{category}.index.json"
     if index_path.is_file():
         extra["reference_semantic_ids"] = _read_semantic_ids(index_path)
-    return RawTables(name=category, interactions=sequence.with_columns(view=pl.lit(1, dtype=pl.Int8)),
-                     items=items, labels=["view"], text_fields=TEXT_FIELDS, timestamp_kind="order",
-                     origin=str(folder), extra=extra).validate()
+    return RawTables(
+        name=category,
+        interactions=sequence.with_columns(view=pl.lit(1, dtype=pl.Int8)),
+        items=items,
+        labels=["view"],
+        text_fields=TEXT_FIELDS,
+        timestamp_kind="order",
+        origin=str(folder),
+        extra=extra,
+    ).validate()
 
 
 def _load_json_object(path: Path) -> dict:
@@ -116,6 +133,6 @@ def _read_semantic_ids(path: Path) -> dict[str, list[int]]:
     for item, tokens in data.items():
         matches = [_CODE.match(t) if isinstance(t, str) else None for t in (tokens if isinstance(tokens, list) else [])]
         if not matches or not all(matches):
-            raise DataError(f"{path}: item {item!r}: expected a list like [\"<a_12>\", \"<b_3>\"], got {tokens!r}")
+            raise DataError(f'{path}: item {item!r}: expected a list like ["<a_12>", "<b_3>"], got {tokens!r}')
         codes[item] = [int(m.group(1)) for m in matches]
     return codes

@@ -30,16 +30,36 @@ from recstack.data.sources.recbole import load_recbole
 from recstack.data.tables import RawTables
 from recstack.errors import DataError
 
-GENRES_100K = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
-               "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
-               "War", "Western")
+GENRES_100K = (
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+)
 RATINGS = ["user", "item", "rating", "timestamp"]
 RATING_TYPES = {"rating": pl.Float64, "timestamp": pl.Int64}
 USER_COLUMNS = ["user", "age", "gender", "occupation", "zip_code"]
 LIKE_THRESHOLD = 4.0
 
-LAYOUTS = "u.data (100K), ratings.dat (1M/10M), ratings.csv (20M/25M/latest), user_sequence.txt + movies.dat " \
-          "(order-only 1M), or ml-100k.inter (RecBole)"
+LAYOUTS = (
+    "u.data (100K), ratings.dat (1M/10M), ratings.csv (20M/25M/latest), user_sequence.txt + movies.dat "
+    "(order-only 1M), or ml-100k.inter (RecBole)"
+)
 
 
 @source("movielens")
@@ -64,18 +84,25 @@ def load_movielens(path: str | Path) -> RawTables:
 
 def with_rating_labels(interactions: pl.DataFrame) -> pl.DataFrame:
     """Add like = rating >= 4 and view = 1 (Int8)."""
-    return interactions.with_columns(like=(pl.col("rating") >= LIKE_THRESHOLD).cast(pl.Int8),
-                                     view=pl.lit(1, dtype=pl.Int8))
+    return interactions.with_columns(
+        like=(pl.col("rating") >= LIKE_THRESHOLD).cast(pl.Int8), view=pl.lit(1, dtype=pl.Int8)
+    )
 
 
-def _tables(folder: Path, interactions: pl.DataFrame, items: pl.DataFrame, users: pl.DataFrame | None,
-            origin: Path) -> RawTables:
+def _tables(
+    folder: Path, interactions: pl.DataFrame, items: pl.DataFrame, users: pl.DataFrame | None, origin: Path
+) -> RawTables:
     has_rating = "rating" in interactions.columns
     labels = ["rating", "like", "view"] if has_rating else ["view"]
-    tables = RawTables(name=folder.name, interactions=interactions.select("user", "item", "timestamp", *labels),
-                       items=items.select("item", pl.col("title").str.strip_chars(), pl.col("genres").fill_null("")),
-                       labels=labels, text_fields=["title", "genres"],
-                       timestamp_kind="unix_seconds" if has_rating else "order", origin=str(origin))
+    tables = RawTables(
+        name=folder.name,
+        interactions=interactions.select("user", "item", "timestamp", *labels),
+        items=items.select("item", pl.col("title").str.strip_chars(), pl.col("genres").fill_null("")),
+        labels=labels,
+        text_fields=["title", "genres"],
+        timestamp_kind="unix_seconds" if has_rating else "order",
+        origin=str(origin),
+    )
     if users is not None:
         tables.users = users.select(USER_COLUMNS)
     return tables
@@ -85,47 +112,74 @@ def _load_100k(folder: Path) -> RawTables:
     ratings = read_table(folder / "u.data", separator="\t", names=RATINGS, dtypes=RATING_TYPES, required=RATINGS)
     genres = list(GENRES_100K)
     if (folder / "u.genre").is_file():
-        genre_table = read_table(folder / "u.genre", separator="|", names=["genre", "index"], dtypes={"index": pl.Int64},
-                                 required=["genre", "index"]).sort("index")
+        genre_table = read_table(
+            folder / "u.genre",
+            separator="|",
+            names=["genre", "index"],
+            dtypes={"index": pl.Int64},
+            required=["genre", "index"],
+        ).sort("index")
         genres = genre_table["genre"].to_list()
     flags = [f"flag_{i}" for i in range(len(genres))]
-    items = read_table(folder / "u.item", separator="|", encoding="auto", dtypes={},
-                       names=["item", "title", "release_date", "video_release_date", "imdb_url", *flags],
-                       required=["item", "title", *flags])
+    items = read_table(
+        folder / "u.item",
+        separator="|",
+        encoding="auto",
+        dtypes={},
+        names=["item", "title", "release_date", "video_release_date", "imdb_url", *flags],
+        required=["item", "title", *flags],
+    )
     named = [pl.when(pl.col(flag) == "1").then(pl.lit(genre)) for flag, genre in zip(flags, genres)]
     items = items.with_columns(genres=pl.concat_list(named).list.drop_nulls().list.join("|"))
-    users = read_table(folder / "u.user", separator="|", names=USER_COLUMNS, dtypes={"age": pl.Int64},
-                       required=USER_COLUMNS) if (folder / "u.user").is_file() else None
+    users = (
+        read_table(
+            folder / "u.user", separator="|", names=USER_COLUMNS, dtypes={"age": pl.Int64}, required=USER_COLUMNS
+        )
+        if (folder / "u.user").is_file()
+        else None
+    )
     return _tables(folder, with_rating_labels(ratings), items, users, folder / "u.data")
 
 
 def _movies_dat(folder: Path) -> pl.DataFrame:
-    return read_table(folder / "movies.dat", separator="::", encoding="auto", names=["item", "title", "genres"],
-                      dtypes={}, required=["item", "title"])
+    return read_table(
+        folder / "movies.dat",
+        separator="::",
+        encoding="auto",
+        names=["item", "title", "genres"],
+        dtypes={},
+        required=["item", "title"],
+    )
 
 
 def _users_dat(folder: Path) -> pl.DataFrame | None:
     if not (folder / "users.dat").is_file():
         return None
-    return read_table(folder / "users.dat", separator="::", encoding="auto",
-                      names=["user", "gender", "age", "occupation", "zip_code"], dtypes={"age": pl.Int64},
-                      required=USER_COLUMNS)
+    return read_table(
+        folder / "users.dat",
+        separator="::",
+        encoding="auto",
+        names=["user", "gender", "age", "occupation", "zip_code"],
+        dtypes={"age": pl.Int64},
+        required=USER_COLUMNS,
+    )
 
 
 def _load_dat(folder: Path) -> RawTables:
-    ratings = read_table(folder / "ratings.dat", separator="::", names=RATINGS, dtypes=RATING_TYPES,
-                         required=RATINGS)
-    return _tables(folder, with_rating_labels(ratings), _movies_dat(folder), _users_dat(folder),
-                   folder / "ratings.dat")
+    ratings = read_table(folder / "ratings.dat", separator="::", names=RATINGS, dtypes=RATING_TYPES, required=RATINGS)
+    return _tables(folder, with_rating_labels(ratings), _movies_dat(folder), _users_dat(folder), folder / "ratings.dat")
 
 
 def _load_csv(folder: Path) -> RawTables:
-    ratings = read_table(folder / "ratings.csv", separator=",", quoted=True,
-                         dtypes={"rating": pl.Float64, "timestamp": pl.Int64},
-                         required=["userId", "movieId", "rating", "timestamp"])
+    ratings = read_table(
+        folder / "ratings.csv",
+        separator=",",
+        quoted=True,
+        dtypes={"rating": pl.Float64, "timestamp": pl.Int64},
+        required=["userId", "movieId", "rating", "timestamp"],
+    )
     ratings = ratings.select(pl.col("userId").alias("user"), pl.col("movieId").alias("item"), "rating", "timestamp")
-    movies = read_table(folder / "movies.csv", separator=",", quoted=True, dtypes={},
-                        required=["movieId", "title"])
+    movies = read_table(folder / "movies.csv", separator=",", quoted=True, dtypes={}, required=["movieId", "title"])
     movies = movies.rename({"movieId": "item"})
     if "genres" not in movies.columns:
         movies = movies.with_columns(genres=pl.lit(""))
@@ -147,7 +201,8 @@ def _from_recbole(raw: RawTables) -> RawTables:
     has_year = year.is_not_null() & (year != "unkonwn") & (year != "")
     items = raw.items.with_columns(
         title=pl.when(has_year).then(pl.format("{} ({})", title, year)).otherwise(title),
-        genres=pl.col("class").fill_null("").str.replace_all(" ", "|"))
+        genres=pl.col("class").fill_null("").str.replace_all(" ", "|"),
+    )
     users = raw.users.with_columns(pl.col("age").cast(pl.Int64, strict=False))
     if users["age"].null_count():
         raise DataError(f"{raw.origin}: users table has a non-integer age")

@@ -40,11 +40,13 @@ def read_atomic(path: Path, renames: dict[str, str] | None = None) -> tuple[pl.D
     for column in header:
         field, _, kind = column.partition(":")
         if kind not in FIELD_TYPES:
-            raise DataError(f"{path}: header column {column!r} is not 'name:type' with type one of "
-                            f"{', '.join(FIELD_TYPES)}")
+            raise DataError(
+                f"{path}: header column {column!r} is not 'name:type' with type one of {', '.join(FIELD_TYPES)}"
+            )
         types[field] = kind
-    frame = read_table(path, separator="\t", dtypes={f"{f}:{k}": FIELD_TYPES[k] for f, k in types.items()},
-                       required=header[:1])
+    frame = read_table(
+        path, separator="\t", dtypes={f"{f}:{k}": FIELD_TYPES[k] for f, k in types.items()}, required=header[:1]
+    )
     frame = frame.rename({f"{f}:{k}": f for f, k in types.items()})
     for field, kind in types.items():
         if kind == "float_seq":
@@ -54,8 +56,13 @@ def read_atomic(path: Path, renames: dict[str, str] | None = None) -> tuple[pl.D
 
 
 @source("recbole")
-def load_recbole(path: str | Path, name: str | None = None, user_field: str = "user_id",
-                 item_field: str = "item_id", time_field: str = "timestamp") -> RawTables:
+def load_recbole(
+    path: str | Path,
+    name: str | None = None,
+    user_field: str = "user_id",
+    item_field: str = "item_id",
+    time_field: str = "timestamp",
+) -> RawTables:
     """Folder with RecBole atomic files (atomic or sequential form, detected); `name` picks the dataset."""
     folder = Path(path)
     if not folder.is_dir():
@@ -77,8 +84,9 @@ def load_recbole(path: str | Path, name: str | None = None, user_field: str = "u
     else:
         inter = inter.with_columns(timestamp=pl.int_range(pl.len(), dtype=pl.Int64).over("user"))
     inter = inter.drop("_line").with_columns(view=pl.lit(1, dtype=pl.Int8))
-    tables = RawTables(name=name, interactions=inter, labels=labels + ["view"], timestamp_kind=timestamp_kind,
-                       origin=str(inter_path))
+    tables = RawTables(
+        name=name, interactions=inter, labels=labels + ["view"], timestamp_kind=timestamp_kind, origin=str(inter_path)
+    )
     if (folder / f"{name}.item").is_file():
         items, item_types = read_atomic(folder / f"{name}.item", renames)
         tables.items = items.drop("_line")
@@ -92,8 +100,10 @@ def _dataset_name(folder: Path) -> str:
     stems = {p.name.split(".")[0] for p in folder.glob("*.inter")}
     if len(stems) != 1:
         found = ", ".join(sorted(stems)) or "none"
-        raise DataError(f"{folder}: expected the .inter files of exactly one RecBole dataset "
-                        f"(<name>.inter or <name>.train.inter); found: {found}. Pass name=...")
+        raise DataError(
+            f"{folder}: expected the .inter files of exactly one RecBole dataset "
+            f"(<name>.inter or <name>.train.inter); found: {found}. Pass name=..."
+        )
     return stems.pop()
 
 
@@ -108,7 +118,7 @@ def _timestamps(inter: pl.DataFrame, path: Path) -> tuple[str, pl.Series]:
 
 
 def _load_sequential(folder: Path, name: str, renames: dict[str, str]) -> RawTables:
-    list_field = [k for k, v in renames.items() if v == "item"][0] + "_list"
+    list_field = next(k for k, v in renames.items() if v == "item") + "_list"
     parts = []
     for split in SEQUENTIAL_SPLITS:
         path = folder / f"{name}.{split}.inter"
@@ -116,16 +126,31 @@ def _load_sequential(folder: Path, name: str, renames: dict[str, str]) -> RawTab
             continue
         frame, _ = read_atomic(path, renames)
         if list_field not in frame.columns or "user" not in frame.columns or "item" not in frame.columns:
-            raise DataError(f"{path}: sequential RecBole file needs columns user_id, {list_field}, item_id; "
-                            f"found {', '.join(c for c in frame.columns if c != '_line')}")
-        parts.append(frame.select("user", "_line", target="item", split=pl.lit(split), file=pl.lit(path.name),
-                                  history=pl.col(list_field).fill_null("").str.extract_all(r"\S+")))
+            raise DataError(
+                f"{path}: sequential RecBole file needs columns user_id, {list_field}, item_id; "
+                f"found {', '.join(c for c in frame.columns if c != '_line')}"
+            )
+        parts.append(
+            frame.select(
+                "user",
+                "_line",
+                target="item",
+                split=pl.lit(split),
+                file=pl.lit(path.name),
+                history=pl.col(list_field).fill_null("").str.extract_all(r"\S+"),
+            )
+        )
     samples = _positions(pl.concat(parts), str(folder))
     sequence = assemble_from_samples(samples, f"{folder}/{name}.*.inter")
     sequence = _map_index(sequence, folder / f"{name}.user2index", "user")
     sequence = _map_index(sequence, folder / f"{name}.item2index", "item")
-    tables = RawTables(name=name, interactions=sequence.with_columns(view=pl.lit(1, dtype=pl.Int8)),
-                       labels=["view"], timestamp_kind="order", origin=str(folder))
+    tables = RawTables(
+        name=name,
+        interactions=sequence.with_columns(view=pl.lit(1, dtype=pl.Int8)),
+        labels=["view"],
+        timestamp_kind="order",
+        origin=str(folder),
+    )
     if (folder / f"{name}.text").is_file():
         text, _ = read_atomic(folder / f"{name}.text", renames)
         tables.items = text.drop("_line").with_columns(pl.exclude("item").fill_null(""))
@@ -140,22 +165,36 @@ def _positions(samples: pl.DataFrame, origin: str) -> pl.DataFrame:
     train = samples.filter(pl.col("split") == "train").sort("_line")
     steps = train.filter(pl.col("length") < longest).select(pl.col("length").diff().over("user"))["length"]
     descending = bool((steps < 0).sum() > (steps > 0).sum())  # UniSRec lists the longest prefix first
-    train = train.with_columns(position=pl.when(pl.col("length") < longest).then(pl.col("length"))
-                               .otherwise(longest + pl.col("_line").rank("ordinal", descending=descending)
-                                          .over("user", pl.col("length") == longest).cast(pl.Int64) - 1))
+    train = train.with_columns(
+        position=pl.when(pl.col("length") < longest)
+        .then(pl.col("length"))
+        .otherwise(
+            longest
+            + pl.col("_line")
+            .rank("ordinal", descending=descending)
+            .over("user", pl.col("length") == longest)
+            .cast(pl.Int64)
+            - 1
+        )
+    )
     last_train = train.group_by("user").agg(after_train=pl.col("position").max() + 1)
     valid = samples.filter(pl.col("split") == "valid").join(last_train, on="user", how="left")
     valid = valid.with_columns(position=pl.coalesce("after_train", "length")).drop("after_train")
     after_valid = valid.select("user", after_valid=pl.col("position") + 1)
-    test = (samples.filter(pl.col("split") == "test").join(after_valid, on="user", how="left")
-            .join(last_train, on="user", how="left")
-            .with_columns(position=pl.coalesce("after_valid", "after_train", "length"))
-            .drop("after_valid", "after_train"))
+    test = (
+        samples.filter(pl.col("split") == "test")
+        .join(after_valid, on="user", how="left")
+        .join(last_train, on="user", how="left")
+        .with_columns(position=pl.coalesce("after_valid", "after_train", "length"))
+        .drop("after_valid", "after_train")
+    )
     for part in (valid, test):
         repeated = part.filter(pl.col("user").is_duplicated())
         if repeated.height:
-            raise DataError(f"{origin}: {repeated['file'][0]} line {repeated['_line'][0]}: user "
-                            f"{repeated['user'][0]!r} has more than one row (one valid/test sample per user)")
+            raise DataError(
+                f"{origin}: {repeated['file'][0]} line {repeated['_line'][0]}: user "
+                f"{repeated['user'][0]!r} has more than one row (one valid/test sample per user)"
+            )
     return pl.concat([train, valid, test]).drop("length")
 
 
@@ -164,8 +203,9 @@ def _map_index(sequence: pl.DataFrame, path: Path, key: str) -> pl.DataFrame:
     if not path.is_file():
         return sequence
     index = read_table(path, separator="\t", dtypes={}, names=["raw", "index"], required=["raw", "index"])
-    mapped = sequence.join(index.select("raw", "index"), left_on=key, right_on="index", how="left",
-                          maintain_order="left")
+    mapped = sequence.join(
+        index.select("raw", "index"), left_on=key, right_on="index", how="left", maintain_order="left"
+    )
     missing = mapped.filter(pl.col("raw").is_null())
     if missing.height:
         raise DataError(f"{path}: no raw id for {key} index {missing[key][0]!r} ({missing.height} rows)")

@@ -46,8 +46,10 @@ class DcnDinMmoeConfig(RankerConfig):
 
     def __post_init__(self) -> None:
         if self.cross_layers < 0 or self.num_experts <= 0 or not self.expert_hidden or not self.deep_hidden:
-            raise ConfigError("dcn_din_mmoe: cross_layers >= 0, num_experts > 0 and non-empty expert_hidden / "
-                              "deep_hidden are required")
+            raise ConfigError(
+                "dcn_din_mmoe: cross_layers >= 0, num_experts > 0 and non-empty expert_hidden / "
+                "deep_hidden are required"
+            )
         if self.structure not in ("parallel", "stacked"):
             raise ConfigError(f"structure must be 'parallel' or 'stacked', got {self.structure!r}")
 

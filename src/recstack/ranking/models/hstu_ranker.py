@@ -47,8 +47,8 @@ class HstuRankerConfig(RankerConfig):
     dim: int = 32
     layers: int = 2
     heads: int = 2
-    attention_dim: int = 16       # per head, Q and K
-    linear_dim: int = 16          # per head, U and V
+    attention_dim: int = 16  # per head, Q and K
+    linear_dim: int = 16  # per head, U and V
     dropout: float = 0.1
     normalization: Literal["max_len", "causal"] = "max_len"
     window: int | None = None
@@ -84,9 +84,18 @@ class HstuRanker(RankingModel):
         self.event = nn.Embedding(num_events, item_dim) if c.action_encoding == "sum" else None
         self.project = nn.Linear(item_dim, c.dim)
         self.target_type = nn.Parameter(torch.zeros(c.dim))  # marks the appended candidates
-        self.blocks = nn.ModuleList(HSTUBlock(c.dim, c.heads, c.attention_dim, c.linear_dim, c.dropout,
-                                              normalization=c.normalization, max_len=self.max_len)
-                                    for _ in range(c.layers))
+        self.blocks = nn.ModuleList(
+            HSTUBlock(
+                c.dim,
+                c.heads,
+                c.attention_dim,
+                c.linear_dim,
+                c.dropout,
+                normalization=c.normalization,
+                max_len=self.max_len,
+            )
+            for _ in range(c.layers)
+        )
         self.rab_position = nn.Parameter(torch.zeros(self.max_len)) if c.rab_position else None
         self.rab_time = nn.Parameter(torch.zeros(c.time_buckets)) if c.rab_time else None
         self.norm = nn.LayerNorm(c.dim)
@@ -124,8 +133,9 @@ class HstuRanker(RankingModel):
             state = torch.cat([state, self.features.user_vectors(inputs["users"], inputs.get("scenario"))], -1)
         return self.towers(self.mmoe(state))
 
-    def _bias(self, t: int, m: int, ages: torch.Tensor | None, group: torch.Tensor, slot: torch.Tensor,
-              offset: torch.Tensor) -> torch.Tensor | None:
+    def _bias(
+        self, t: int, m: int, ages: torch.Tensor | None, group: torch.Tensor, slot: torch.Tensor, offset: torch.Tensor
+    ) -> torch.Tensor | None:
         """[G or 1, S, S] relative bias: position buckets (targets at position t) + log time-gap buckets."""
         bias = None
         device = group.device
@@ -149,5 +159,6 @@ class HstuRankerRanker(Ranker):
     config: HstuRankerConfig
 
     def build_model(self, schema: FeatureSchema) -> HstuRanker:
-        return HstuRanker(FeatureEncoder(schema, self.config.features), self.tasks, self.config,
-                          num_events=len(self.event_labels) + 2)
+        return HstuRanker(
+            FeatureEncoder(schema, self.config.features), self.tasks, self.config, num_events=len(self.event_labels) + 2
+        )

@@ -62,21 +62,22 @@ from recstack.registry import register
 @dataclass
 class EventStreamConfig:
     codes: list[int] = field(default_factory=list)  # history_event codes read by this stream; [] = every event
-    dim: int | None = None          # stream width; None = the model's `dim` (so a `dim` sweep scales streams too)
+    dim: int | None = None  # stream width; None = the model's `dim` (so a `dim` sweep scales streams too)
     heads: int = 2
-    tokens: int = 4                 # HSP summary tokens
-    seeds: int = 8                  # over-complete HSP seeds (> tokens)
-    layers: int | None = None       # layers this stream takes part in (None = all)
-    window: int = 8                 # SWA window (keys per query, causal)
-    max_len: int | None = None      # most recent events of this type kept (None = the whole history)
+    tokens: int = 4  # HSP summary tokens
+    seeds: int = 8  # over-complete HSP seeds (> tokens)
+    layers: int | None = None  # layers this stream takes part in (None = all)
+    window: int = 8  # SWA window (keys per query, causal)
+    max_len: int | None = None  # most recent events of this type kept (None = the whole history)
 
 
 @dataclass
 class KunlunConfig(RankerConfig):
     dim: int = 32
     layers: int = 3
-    tokenizer: TokenizerConfig = field(default_factory=lambda: TokenizerConfig(
-        groups=["user", "item_id", "item_side", "context"]))  # non-sequence tokens X; the history is in `events`
+    tokenizer: TokenizerConfig = field(
+        default_factory=lambda: TokenizerConfig(groups=["user", "item_id", "item_side", "context"])
+    )  # non-sequence tokens X; the history is in `events`
     summary_tokens: int = 4
     events: dict[str, EventStreamConfig] = field(default_factory=lambda: {"all": EventStreamConfig()})
     compskip: bool = True
@@ -87,7 +88,7 @@ class KunlunConfig(RankerConfig):
     rote_time_scale: float = 3600.0
     gdpa_activation: Literal["softmax", "silu"] = "softmax"
     gdpa_temperature: Literal["maxlen", "sqrt_dim"] = "maxlen"
-    gdpa_fused: bool = False        # softmax GDPA through F.scaled_dot_product_attention (GPU speed path)
+    gdpa_fused: bool = False  # softmax GDPA through F.scaled_dot_product_attention (GPU speed path)
     kron_rank: int = 2
     experts: int = 2
     fm_rank: int = 4
@@ -96,14 +97,22 @@ class KunlunConfig(RankerConfig):
     event_vocab: int = 16
     streams_see_all_without_events: bool = True
     norm_first: bool = False
-    trim_padding: bool = True       # drop history columns that are padding in every row of the batch (speed)
+    trim_padding: bool = True  # drop history columns that are padding in every row of the batch (speed)
     mmoe_experts: int = 2
     mmoe_hidden: list[int] = field(default_factory=lambda: [64])
     tower_hidden: list[int] = field(default_factory=lambda: [32])
 
     def __post_init__(self) -> None:
-        for key in ("dim", "layers", "summary_tokens", "kron_rank", "experts", "fm_rank", "expert_hidden",
-                    "mmoe_experts"):
+        for key in (
+            "dim",
+            "layers",
+            "summary_tokens",
+            "kron_rank",
+            "experts",
+            "fm_rank",
+            "expert_hidden",
+            "mmoe_experts",
+        ):
             if getattr(self, key) < 1:
                 raise ConfigError(f"kunlun: {key} must be >= 1, got {getattr(self, key)!r}")
         if self.rote_time_scale <= 0 or self.event_vocab < 2 or not self.mmoe_hidden:
@@ -112,8 +121,9 @@ class KunlunConfig(RankerConfig):
             raise ConfigError("kunlun: tokenizer.groups must not hold 'sequence' (the history goes to `events`)")
         if not self.events:
             raise ConfigError("kunlun: events needs at least one stream, e.g. {all: {}}")
-        self.events = {k: v if isinstance(v, EventStreamConfig) else EventStreamConfig(**v)
-                       for k, v in self.events.items()}
+        self.events = {
+            k: v if isinstance(v, EventStreamConfig) else EventStreamConfig(**v) for k, v in self.events.items()
+        }
         for name, s in self.events.items():
             where = f"kunlun: events.{name}"
             s.dim = self.dim if s.dim is None else s.dim
@@ -145,17 +155,28 @@ class KunlunStream(nn.Module):
         self.input = nn.Linear(item_dim, s.dim)
         self.event = nn.Embedding(c.event_vocab, s.dim) if c.event_embedding else None
         window = s.window if c.swa else None
-        self.attn = nn.ModuleList(SlidingWindowSelfAttention(s.dim, s.heads, window, c.swa_causal) if local
-                                  else nn.Identity() for local, _ in self.schedule)
+        self.attn = nn.ModuleList(
+            SlidingWindowSelfAttention(s.dim, s.heads, window, c.swa_causal) if local else nn.Identity()
+            for local, _ in self.schedule
+        )
         gdpa = (c.gdpa_activation, c.gdpa_temperature, c.gdpa_fused)
-        self.gdpa = nn.ModuleList(GDPA(s.dim, c.dim, s.heads, *gdpa) if glob else nn.Identity()
-                                  for _, glob in self.schedule)
-        self.hsp = nn.ModuleList(HSP(s.dim, s.heads, s.seeds, s.tokens, c.dim, c.kron_rank) if glob
-                                 else nn.Identity() for _, glob in self.schedule)
+        self.gdpa = nn.ModuleList(
+            GDPA(s.dim, c.dim, s.heads, *gdpa) if glob else nn.Identity() for _, glob in self.schedule
+        )
+        self.hsp = nn.ModuleList(
+            HSP(s.dim, s.heads, s.seeds, s.tokens, c.dim, c.kron_rank) if glob else nn.Identity()
+            for _, glob in self.schedule
+        )
         self.norms = nn.ModuleList(nn.LayerNorm(s.dim) for _ in range(2 * len(self.schedule)))
 
-    def prepare(self, hist: torch.Tensor, valid: torch.Tensor, times: torch.Tensor | None,
-                events: torch.Tensor | None, c: KunlunConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def prepare(
+        self,
+        hist: torch.Tensor,
+        valid: torch.Tensor,
+        times: torch.Tensor | None,
+        events: torch.Tensor | None,
+        c: KunlunConfig,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """hist [N, T, item_dim] -> (tokens [N, T_s, d_s], valid [N, T_s], ROTE phases [N, T_s] or None).
 
         This stream's events are right-aligned by a stable sort of its keep mask and the last max_len kept;
@@ -178,8 +199,15 @@ class KunlunStream(nn.Module):
             tokens = tokens + self.event(events.clamp(0, c.event_vocab - 1))
         return tokens, keep, rote_phases(keep, times, c.rote_time_scale, c.rote_phase) if c.rote else None
 
-    def forward(self, layer: int, s: torch.Tensor, valid: torch.Tensor, phases: torch.Tensor | None,
-                x_sum: torch.Tensor, max_len: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self,
+        layer: int,
+        s: torch.Tensor,
+        valid: torch.Tensor,
+        phases: torch.Tensor | None,
+        x_sum: torch.Tensor,
+        max_len: int,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One layer: (s [N, T_s, d_s], summary [N, tokens, dim] or None on a local-only layer).
         max_len: the untrimmed history width (GDPA's "maxlen" temperature)."""
         local, glob = self.schedule[layer]
@@ -200,13 +228,15 @@ class Kunlun(RankingModel):
         c = self.config = config
         self.tokenizer = FeatureTokenizer(features, c.dim, c.tokenizer)
         fields = self.tokenizer.num_tokens
-        self.token_mix = nn.ParameterList(nn.Parameter(torch.randn(fields, c.summary_tokens) / fields ** 0.5)
-                                          for _ in range(c.layers))                # weight generation, token axis
+        self.token_mix = nn.ParameterList(
+            nn.Parameter(torch.randn(fields, c.summary_tokens) / fields**0.5) for _ in range(c.layers)
+        )  # weight generation, token axis
         self.summary_mlp = nn.ModuleList(MLP(c.dim, [c.dim], c.dim) for _ in range(c.layers))
         self.streams = nn.ModuleDict({n: KunlunStream(s, c, features.item_dim) for n, s in c.events.items()})
         n_in = c.summary_tokens + sum(s.tokens for s in c.events.values())
-        self.interaction = nn.ModuleList(WukongMoE(n_in, fields, c.dim, c.experts, c.fm_rank, c.expert_hidden)
-                                         for _ in range(c.layers))
+        self.interaction = nn.ModuleList(
+            WukongMoE(n_in, fields, c.dim, c.experts, c.fm_rank, c.expert_hidden) for _ in range(c.layers)
+        )
         self.norms = nn.ModuleList(nn.LayerNorm(c.dim) for _ in range(c.layers))
         self.mmoe = MMoE(fields * c.dim, len(tasks), c.mmoe_experts, c.mmoe_hidden)
         self.heads = TaskTowers(tasks, self.mmoe.out_dim, c.tower_hidden)
@@ -215,7 +245,7 @@ class Kunlun(RankingModel):
         c, history = self.config, inputs["history"]
         history = history.masked_fill(history > self.features.num_items, 0)
         x = self.tokenizer({**inputs, "history": history[:, :0]})  # [N, F, dim]; no history lookup in there
-        hist = self.features.item_vectors(history)                  # [N, T, item_dim]
+        hist = self.features.item_vectors(history)  # [N, T, item_dim]
         valid, times, events = history > 0, inputs.get("history_time"), inputs.get("history_event")
         # a loop over event types (a handful), not over events: name -> [tokens, valid, phases, summary]
         state = {n: [*stream.prepare(hist, valid, times, events, c), None] for n, stream in self.streams.items()}

@@ -53,11 +53,11 @@ from recstack.registry import register
 
 @dataclass
 class MtfmConfig(RankerConfig):
-    dim: int = 48                 # d_model, the only width the scenarios must agree on
-    blocks: int = 2               # B
-    target_layers: int = 3        # K target-attention layers per full layer (0 = full attention only)
+    dim: int = 48  # d_model, the only width the scenarios must agree on
+    blocks: int = 2  # B
+    target_layers: int = 3  # K target-attention layers per full layer (0 = full attention only)
     heads: int = 3
-    kv_heads: int = 1             # GQA; = heads for plain multi-head attention
+    kv_heads: int = 1  # GQA; = heads for plain multi-head attention
     ffn_mult: int = 2
     full_attention: Literal["hstu", "softmax"] = "hstu"
     realtime: int = 8
@@ -78,8 +78,9 @@ class MtfmConfig(RankerConfig):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"mtfm: {key} must be > 0, got {getattr(self, key)!r}")
         if self.dim % self.heads or self.heads % self.kv_heads:
-            raise ConfigError(f"mtfm: dim ({self.dim}) must divide by heads ({self.heads}) and heads by kv_heads "
-                              f"({self.kv_heads})")
+            raise ConfigError(
+                f"mtfm: dim ({self.dim}) must divide by heads ({self.heads}) and heads by kv_heads ({self.kv_heads})"
+            )
         if self.target_layers < 0 or self.realtime < 0 or self.time_buckets <= 0:
             raise ConfigError("mtfm: target_layers and realtime must be >= 0, time_buckets > 0")
         if self.full_attention not in ("hstu", "softmax"):
@@ -111,8 +112,9 @@ class HstuLayer(nn.Module):
     def __init__(self, c: MtfmConfig, max_len: int) -> None:
         super().__init__()
         self.norm = GroupLayerNorm(c.dim, 4)
-        self.block = HSTUBlock(c.dim, c.heads, c.dim // c.heads, c.dim // c.heads, c.dropout, input_norm=False,
-                               max_len=max_len)
+        self.block = HSTUBlock(
+            c.dim, c.heads, c.dim // c.heads, c.dim // c.heads, c.dropout, input_norm=False, max_len=max_len
+        )
 
     def forward(self, x: torch.Tensor, types: torch.Tensor, mask: torch.Tensor, start: int = 0) -> torch.Tensor:
         z = self.norm(x, types)
@@ -149,8 +151,9 @@ class Mtfm(RankingModel):
     """inputs (ranking/samples.py): users, items [N], history [N, T], optional scenario, history_time,
     history_event and the group inputs -> {task: logits [N]}."""
 
-    def __init__(self, features: FeatureEncoder, tasks: list[str], c: MtfmConfig, num_events: int,
-                 num_scenarios: int) -> None:
+    def __init__(
+        self, features: FeatureEncoder, tasks: list[str], c: MtfmConfig, num_events: int, num_scenarios: int
+    ) -> None:
         super().__init__(features, tasks, c.task_weights)
         self.config, d, item_dim = c, c.dim, features.item_dim
         self.event = nn.Embedding(num_events, item_dim) if c.event_features else None
@@ -158,8 +161,9 @@ class Mtfm(RankingModel):
         self.tokenize_h, self.tokenize_r = (MLP(item_dim, [d], d, activation="gelu") for _ in range(2))
         self.num_cross = num_events if c.cross_features else 0
         t_in = features.user_dim + item_dim + self.num_cross
-        self.tokenize_t = nn.ModuleList(MLP(t_in, [d], d, activation="gelu")
-                                        for _ in range(num_scenarios if c.scenario_tokenizers else 1))
+        self.tokenize_t = nn.ModuleList(
+            MLP(t_in, [d], d, activation="gelu") for _ in range(num_scenarios if c.scenario_tokenizers else 1)
+        )
         max_len = c.samples.max_history + 1
         self.layers = nn.ModuleList()
         for _ in range(c.blocks):  # per block: one full layer, then K target layers
@@ -188,8 +192,10 @@ class Mtfm(RankingModel):
         h_tokens = torch.where((h_types == REALTIME).unsqueeze(-1), self.tokenize_r(x), self.tokenize_h(x))
 
         scenario = inputs.get("scenario", torch.zeros_like(inputs["items"]))
-        parts = [self.features.user_vectors(inputs["users"], inputs.get("scenario")),
-                 self.features.item_vectors(inputs["items"])]
+        parts = [
+            self.features.user_vectors(inputs["users"], inputs.get("scenario")),
+            self.features.item_vectors(inputs["items"]),
+        ]
         if self.num_cross:
             events = view["history_event"][group] if view["history_event"] is not None else None
             parts.append(self._cross(inputs["items"], history[group], events, age[group], offset))
@@ -209,8 +215,14 @@ class Mtfm(RankingModel):
         logits = per_scenario(self.heads, tokens[group, t + slot], scenario)  # [N, num_tasks]
         return {task: logits[:, i] for i, task in enumerate(self.tasks)}
 
-    def _cross(self, items: torch.Tensor, history: torch.Tensor, events: torch.Tensor | None, age: torch.Tensor,
-               offset: torch.Tensor) -> torch.Tensor:
+    def _cross(
+        self,
+        items: torch.Tensor,
+        history: torch.Tensor,
+        events: torch.Tensor | None,
+        age: torch.Tensor,
+        offset: torch.Tensor,
+    ) -> torch.Tensor:
         """[N, num_events]: log(1 + occurrences of the candidate in its visible history): total in column 0,
         then per behaviour code (history [N, T] of the row's group; visible = before the row's request)."""
         hit = ((history == items.unsqueeze(1)) & (history > 0) & (age > offset.unsqueeze(1))).float()
@@ -228,5 +240,10 @@ class MtfmRanker(Ranker):
     config: MtfmConfig
 
     def build_model(self, schema: FeatureSchema) -> Mtfm:
-        return Mtfm(FeatureEncoder(schema, self.config.features), self.tasks, self.config,
-                    num_events=len(self.event_labels) + 2, num_scenarios=len(schema.scenario_names) + 1)
+        return Mtfm(
+            FeatureEncoder(schema, self.config.features),
+            self.tasks,
+            self.config,
+            num_events=len(self.event_labels) + 2,
+            num_scenarios=len(schema.scenario_names) + 1,
+        )

@@ -49,13 +49,28 @@ from recstack.nn.reasoning import BlockReasoner
 from recstack.ranking.base import Ranker, RankerConfig, RankingModel
 from recstack.ranking.features import FeatureEncoder, FeatureSchema, build_schema
 from recstack.ranking.heads import TaskTowers
-from recstack.ranking.setwise import (context_key, group_grid, hash_order, request_order, setwise_contrastive_loss,
-                                      setwise_train_source)
+from recstack.ranking.setwise import (
+    context_key,
+    group_grid,
+    hash_order,
+    request_order,
+    setwise_contrastive_loss,
+    setwise_train_source,
+)
 from recstack.registry import register
 from recstack.train import CallableBatchSource
 
-DEPTH = {"impression": 0, "view": 1, "click": 1, "long_view": 2, "like": 3, "cart": 3, "add_to_cart": 3,
-         "purchase": 4, "order": 4}
+DEPTH = {
+    "impression": 0,
+    "view": 1,
+    "click": 1,
+    "long_view": 2,
+    "like": 3,
+    "cart": 3,
+    "add_to_cart": 3,
+    "purchase": 4,
+    "order": 4,
+}
 CONTEXT_KEYS = ("users", "history", "scenario", "history_event", "history_time", "request_time")
 
 
@@ -66,43 +81,52 @@ class OnePieceConfig(RankerConfig):
     heads: int = 2
     ffn_mult: int = 2
     dropout: float = 0.0
-    reasoning_steps: int = 2                 # K in 0..3
-    group_size: int = 12                     # C: candidates encoded together (block size M = C)
+    reasoning_steps: int = 2  # K in 0..3
+    group_size: int = 12  # C: candidates encoded together (block size M = C)
     candidates_visible: bool = True
     supervision: Literal["progressive", "last"] = "progressive"
-    supervise_base: bool = True              # the base pass is step 0 of the supervision (else steps 1..K only)
+    supervise_base: bool = True  # the base pass is step 0 of the supervision (else steps 1..K only)
     task_order: list[str] | None = None
     setwise_weight: float = 1.0
     setwise_temperature: float = 1.0
     setwise_denominator: Literal["all", "negatives"] = "all"
-    history_tokens: int | None = None        # IH length (last n of the history window); None = max_history
+    history_tokens: int | None = None  # IH length (last n of the history window); None = max_history
     anchors: Literal["auto", "events", "categories", "none"] = "auto"
-    anchor_events: list[str] | None = None   # None = every event label (samples.event_labels)
+    anchor_events: list[str] | None = None  # None = every event label (samples.event_labels)
     anchor_categories: int = 3
-    anchor_column: str | None = None         # None = the first categorical item column
+    anchor_column: str | None = None  # None = the first categorical item column
     anchor_size: int = 8
     event_embedding: bool = True
     time_buckets: int = 16
     request_time_token: bool = True
     feedback_norm: bool = True
-    kv_cache: bool = True                    # reasoning steps run only the new block (same outputs as re-encoding)
+    kv_cache: bool = True  # reasoning steps run only the new block (same outputs as re-encoding)
     tower_hidden: list[int] = field(default_factory=lambda: [32])
 
     def __post_init__(self) -> None:
-        checks = {"dim": self.dim > 0 and self.dim % max(self.heads, 1) == 0, "layers": self.layers > 0,
-                  "heads": self.heads > 0, "ffn_mult": self.ffn_mult > 0,
-                  "reasoning_steps": 0 <= self.reasoning_steps <= 3,
-                  "group_size": self.group_size > 0, "anchor_size": self.anchor_size > 0,
-                  "anchor_categories": self.anchor_categories > 0, "time_buckets": self.time_buckets >= 0,
-                  "setwise_temperature": self.setwise_temperature > 0, "setwise_weight": self.setwise_weight >= 0,
-                  "supervision": self.supervision in ("progressive", "last"),
-                  "setwise_denominator": self.setwise_denominator in ("all", "negatives"),
-                  "anchors": self.anchors in ("auto", "events", "categories", "none"),
-                  "history_tokens": self.history_tokens is None or self.history_tokens > 0}
+        checks = {
+            "dim": self.dim > 0 and self.dim % max(self.heads, 1) == 0,
+            "layers": self.layers > 0,
+            "heads": self.heads > 0,
+            "ffn_mult": self.ffn_mult > 0,
+            "reasoning_steps": 0 <= self.reasoning_steps <= 3,
+            "group_size": self.group_size > 0,
+            "anchor_size": self.anchor_size > 0,
+            "anchor_categories": self.anchor_categories > 0,
+            "time_buckets": self.time_buckets >= 0,
+            "setwise_temperature": self.setwise_temperature > 0,
+            "setwise_weight": self.setwise_weight >= 0,
+            "supervision": self.supervision in ("progressive", "last"),
+            "setwise_denominator": self.setwise_denominator in ("all", "negatives"),
+            "anchors": self.anchors in ("auto", "events", "categories", "none"),
+            "history_tokens": self.history_tokens is None or self.history_tokens > 0,
+        }
         bad = [key for key, ok in checks.items() if not ok]
         if bad:
-            raise ConfigError(f"onepiece: invalid {bad[0]} = {getattr(self, bad[0])!r} (dim divisible by heads, "
-                              "reasoning_steps in 0..3, sizes > 0, supervision progressive|last)")
+            raise ConfigError(
+                f"onepiece: invalid {bad[0]} = {getattr(self, bad[0])!r} (dim divisible by heads, "
+                "reasoning_steps in 0..3, sizes > 0, supervision progressive|last)"
+            )
         if self.aggregate_users:
             raise ConfigError("onepiece: aggregate_users is not supported; onepiece forms its own set-wise groups")
 
@@ -132,8 +156,15 @@ class OnePiece(RankingModel):
     """inputs: users, items [N]; history [N, T]; optional scenario, history_event, history_time,
     request_time, setwise_group [N] (rows of one candidate group) -> {task: logits [N]}."""
 
-    def __init__(self, features: FeatureEncoder, tasks: list[str], config: OnePieceConfig, max_history: int,
-                 anchor_codes: list[int], num_categories: int) -> None:
+    def __init__(
+        self,
+        features: FeatureEncoder,
+        tasks: list[str],
+        config: OnePieceConfig,
+        max_history: int,
+        anchor_codes: list[int],
+        num_categories: int,
+    ) -> None:
         super().__init__(features, tasks, config.task_weights)
         c, d, item_dim = config, config.dim, features.item_dim
         self.cfg, self.size = c, c.anchor_size
@@ -146,15 +177,17 @@ class OnePiece(RankingModel):
         self.event = id_embedding(16, d) if c.event_embedding else None
         self.gap = id_embedding(c.time_buckets + 1, d) if c.time_buckets else None
         self.register_buffer("anchor_codes", torch.tensor(anchor_codes, dtype=torch.long), persistent=False)
-        self.num_anchors = len(anchor_codes) if anchor_codes else (min(c.anchor_categories, num_categories)
-                                                                   if num_categories else 0)
+        self.num_anchors = (
+            len(anchor_codes) if anchor_codes else (min(c.anchor_categories, num_categories) if num_categories else 0)
+        )
         self.register_buffer("item_category", torch.zeros(features.num_items + 1, dtype=torch.long))
         self.register_buffer("category_top", torch.zeros(num_categories + 1, self.size, dtype=torch.long))
         self.pa_pos = nn.Parameter(torch.randn(self.size, d) * 0.02)
         self.pa_marks = nn.Parameter(torch.randn(max(self.num_anchors, 1), 2, d) * 0.02)  # BOS / EOS per group
         self.sd_pos = nn.Parameter(torch.randn(3, d) * 0.02)
-        self.reasoner = BlockReasoner(d, c.layers, c.heads, c.ffn_mult * d, c.reasoning_steps, c.dropout,
-                                      c.feedback_norm, c.kv_cache)
+        self.reasoner = BlockReasoner(
+            d, c.layers, c.heads, c.ffn_mult * d, c.reasoning_steps, c.dropout, c.feedback_norm, c.kv_cache
+        )
         order = c.task_order or sorted(tasks, key=lambda t: DEPTH.get(t, 2.5))
         if sorted(order) != sorted(tasks):
             raise ConfigError(f"task_order {order} must list every task once: {', '.join(tasks)}")
@@ -185,7 +218,7 @@ class OnePiece(RankingModel):
     def _tokens(self, ctx: dict[str, torch.Tensor], items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per group: IH ⊕ PA ⊕ SD ⊕ CIS tokens [G, L, D] and their validity [G, L]; items [G, C]."""
         history = ctx["history"].masked_fill(ctx["history"] > self.features.num_items, 0)
-        ih = history[:, -self.ih_len:]
+        ih = history[:, -self.ih_len :]
         anchors = self._anchor_items({**ctx, "history": history})
         g, a, s = anchors.shape
         ids = torch.cat([ih, anchors.flatten(1), items], 1)
@@ -194,11 +227,12 @@ class OnePiece(RankingModel):
         ih_valid = ih > 0
         ih_tok = self.shared(ih_vec) + self.ih_pos(ih_valid)
         if self.event is not None and ctx.get("history_event") is not None:
-            ih_tok = ih_tok + self.event(ctx["history_event"][:, -self.ih_len:].clamp(0, 15))
+            ih_tok = ih_tok + self.event(ctx["history_event"][:, -self.ih_len :].clamp(0, 15))
         if self.gap is not None and ctx.get("history_time") is not None:
-            minutes = ctx["history_time"][:, -self.ih_len:].float().clamp(min=0) / 60.0
-            ih_tok = ih_tok + self.gap((torch.log2(1.0 + minutes).long() + 1).clamp(max=self.cfg.time_buckets)
-                                       * ih_valid)
+            minutes = ctx["history_time"][:, -self.ih_len :].float().clamp(min=0) / 60.0
+            ih_tok = ih_tok + self.gap(
+                (torch.log2(1.0 + minutes).long() + 1).clamp(max=self.cfg.time_buckets) * ih_valid
+            )
         pa_tok = self.shared(pa_vec).view(g, a, s, self.cfg.dim) + self.pa_pos
         marks = self.pa_marks[:a].unsqueeze(0).expand(g, a, 2, -1)
         pa_tok = torch.cat([marks[:, :, :1], pa_tok, marks[:, :, 1:]], 2).flatten(1, 2)
@@ -210,8 +244,11 @@ class OnePiece(RankingModel):
         sd_valid = [torch.ones(g, dtype=torch.bool, device=ids.device)]
         scenario = ctx.get("scenario")
         if self.scenario is not None:
-            codes = scenario.clamp(0, self.features.scenario.num_embeddings - 1) if scenario is not None \
+            codes = (
+                scenario.clamp(0, self.features.scenario.num_embeddings - 1)
+                if scenario is not None
                 else torch.zeros_like(users)
+            )
             sd.append(self.scenario(self.features.scenario(codes)))
             sd_valid.append(codes > 0)
         if self.cfg.request_time_token:
@@ -221,7 +258,7 @@ class OnePiece(RankingModel):
             hour, day = (seconds // 3600 % 24).long() + 1, (seconds // 86400 % 7).long() + 1
             sd.append(self.hour(hour * on) + self.weekday(day * on))
             sd_valid.append(torch.full((g,), on, dtype=torch.bool, device=ids.device))
-        sd_tok = torch.stack(sd, 1) + self.sd_pos[:len(sd)]
+        sd_tok = torch.stack(sd, 1) + self.sd_pos[: len(sd)]
         tokens = torch.cat([ih_tok, pa_tok, sd_tok, self.cand(cand_vec)], 1)
         return tokens, torch.cat([ih_valid, pa_valid, torch.stack(sd_valid, 1), items > 0], 1)
 
@@ -282,7 +319,7 @@ class OnePieceRanker(Ranker):
     config: OnePieceConfig
     _dataset = None  # set during fit: category anchors read their tables from it
 
-    def fit(self, dataset, candidates=None) -> "OnePieceRanker":
+    def fit(self, dataset, candidates=None) -> OnePieceRanker:
         self._dataset = dataset
         try:
             return super().fit(dataset, candidates)
@@ -302,17 +339,22 @@ class OnePieceRanker(Ranker):
             names = cfg.anchor_events if cfg.anchor_events is not None else self.event_labels
             unknown = [n for n in names if n not in self.event_labels]
             if unknown:
-                raise ConfigError(f"anchor_events: {unknown[0]!r} is not an event label; available: "
-                                  f"{', '.join(self.event_labels) or '(none: set anchors: categories or none)'}")
+                raise ConfigError(
+                    f"anchor_events: {unknown[0]!r} is not an event label; available: "
+                    f"{', '.join(self.event_labels) or '(none: set anchors: categories or none)'}"
+                )
             codes = [2 + self.event_labels.index(n) for n in names]  # history_event codes (ranking/samples.py)
         elif mode == "categories":
             column = cfg.anchor_column or (schema.item_columns[0] if schema.item_columns else None)
             if column not in schema.item_columns:
-                raise ConfigError(f"anchor_column: {column!r} is not a categorical item column; available: "
-                                  f"{', '.join(schema.item_columns) or '(none)'}")
+                raise ConfigError(
+                    f"anchor_column: {column!r} is not a categorical item column; available: "
+                    f"{', '.join(schema.item_columns) or '(none)'}"
+                )
             num_categories = len(schema.item_vocab[schema.item_columns.index(column)])
-        model = OnePiece(FeatureEncoder(schema, cfg.features), self.tasks, cfg, cfg.samples.max_history, codes,
-                         num_categories)
+        model = OnePiece(
+            FeatureEncoder(schema, cfg.features), self.tasks, cfg, cfg.samples.max_history, codes, num_categories
+        )
         if column is not None and self._dataset is not None:
             self._fill_category_tables(model, schema, column)
         return model
@@ -322,8 +364,11 @@ class OnePieceRanker(Ranker):
         _, tables = build_schema(self._dataset, self.config.features)
         table = tables.item_tokens[schema.item_columns.index(column)].tokens
         lengths = table.lengths()
-        category = torch.where(lengths > 0, table.values[table.offsets[:-1].clamp(max=max(len(table.values) - 1, 0))]
-                               + 1, 0) if len(table.values) else torch.zeros_like(lengths)
+        category = (
+            torch.where(lengths > 0, table.values[table.offsets[:-1].clamp(max=max(len(table.values) - 1, 0))] + 1, 0)
+            if len(table.values)
+            else torch.zeros_like(lengths)
+        )
         popularity = self._dataset.item_popularity("train").numpy()
         cats = category.numpy()
         order = np.lexsort((-popularity, cats))
@@ -332,13 +377,15 @@ class OnePieceRanker(Ranker):
         rank = np.arange(len(order)) - starts
         keep = rank < model.size
         model.item_category.copy_(category.long())
-        model.category_top[torch.from_numpy(cats[order][keep]), torch.from_numpy(rank[keep])] = \
-            torch.from_numpy(order[keep]).long()
+        model.category_top[torch.from_numpy(cats[order][keep]), torch.from_numpy(rank[keep])] = torch.from_numpy(
+            order[keep]
+        ).long()
 
     def _train_source(self, builder, train, candidates) -> CallableBatchSource:
         cfg = self.config
-        return setwise_train_source(builder, train, candidates, cfg.group_size, cfg.samples.max_history,
-                                    cfg.train.batch_size, cfg.train.seed)
+        return setwise_train_source(
+            builder, train, candidates, cfg.group_size, cfg.samples.max_history, cfg.train.batch_size, cfg.train.seed
+        )
 
     def evaluate_samples(self, samples):
         # Rows of one request next to each other, so a chunk of score_rows keeps its groups whole.

@@ -43,19 +43,19 @@ class AutosplitTokenizerConfig(TokenizerConfig):
 
 @dataclass
 class RankMixerConfig(RankerConfig):
-    dim: int = 32                       # token width D (must be divisible by the token count T = heads)
+    dim: int = 32  # token width D (must be divisible by the token count T = heads)
     layers: int = 2
-    ffn_mult: int = 4                   # per-token FFN hidden = ffn_mult * dim
+    ffn_mult: int = 4  # per-token FFN hidden = ffn_mult * dim
     tokenizer: AutosplitTokenizerConfig = field(default_factory=AutosplitTokenizerConfig)
     token_mixing: bool = True
     shared_ffn: bool = False
-    moe_experts: int = 0                # 0 = dense per-token FFN
-    expert_hidden: int | None = None    # None = ffn_mult * dim
-    moe_budget: float = 0.25            # target share of active experts
-    moe_l1: float = 1e-3                # initial L1 coefficient on the (inference) router gates
+    moe_experts: int = 0  # 0 = dense per-token FFN
+    expert_hidden: int | None = None  # None = ffn_mult * dim
+    moe_budget: float = 0.25  # target share of active experts
+    moe_l1: float = 1e-3  # initial L1 coefficient on the (inference) router gates
     moe_adapt_rate: float = 0.01
     moe_dtsi: bool = True
-    mmoe_experts: int = 0               # 0 = towers on the pooled tokens
+    mmoe_experts: int = 0  # 0 = towers on the pooled tokens
     tower_hidden: list[int] = field(default_factory=lambda: [32])
 
     def __post_init__(self) -> None:
@@ -86,14 +86,24 @@ class RankMixer(RankingModel):
         self.tokenizer = FeatureTokenizer(features, config.dim, config.tokenizer)
         t, d = self.tokenizer.num_tokens, config.dim
         if config.token_mixing and d % t:
-            raise ConfigError(f"rankmixer: dim {d} must be divisible by the {t} tokens (H = T heads); "
-                              f"tokens: {', '.join(self.tokenizer.names)}")
+            raise ConfigError(
+                f"rankmixer: dim {d} must be divisible by the {t} tokens (H = T heads); "
+                f"tokens: {', '.join(self.tokenizer.names)}"
+            )
         hidden = config.ffn_mult * d
 
         def ffn() -> nn.Module:
             if config.moe_experts:
-                return PerTokenReLUMoE(t, d, config.expert_hidden or hidden, config.moe_experts, config.moe_budget,
-                                       config.moe_l1, config.moe_adapt_rate, config.moe_dtsi)
+                return PerTokenReLUMoE(
+                    t,
+                    d,
+                    config.expert_hidden or hidden,
+                    config.moe_experts,
+                    config.moe_budget,
+                    config.moe_l1,
+                    config.moe_adapt_rate,
+                    config.moe_dtsi,
+                )
             return PerTokenFFN(t, d, hidden, shared=config.shared_ffn)
 
         self.blocks = nn.ModuleList(RankMixerBlock(t, d, ffn(), config.token_mixing) for _ in range(config.layers))

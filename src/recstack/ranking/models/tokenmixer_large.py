@@ -45,25 +45,25 @@ from recstack.registry import register
 
 @dataclass
 class TokenMixerLargeConfig(RankerConfig):
-    dim: int = 32                     # token width D
+    dim: int = 32  # token width D
     layers: int = 4
-    heads: int | None = 4             # H (divides dim); None = the token count T
-    ffn_mult: float = 2.0             # n: SwiGLU hidden = n * token width
+    heads: int | None = 4  # H (divides dim); None = the token count T
+    ffn_mult: float = 2.0  # n: SwiGLU hidden = n * token width
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     token_mixing: str = "mix_revert"  # one of MIX_MODES
-    swiglu: str = "per_token"         # or "shared" (one SwiGLU for every token), "per_token_ffn" (GELU FFN)
+    swiglu: str = "per_token"  # or "shared" (one SwiGLU for every token), "per_token_ffn" (GELU FFN)
     down_init: float = 0.01
-    moe_experts: int = 0              # routed experts per token; 0 = dense per-token SwiGLU
-    moe_top_k: int = 1                # routed experts per token (+ the shared one)
+    moe_experts: int = 0  # routed experts per token; 0 = dense per-token SwiGLU
+    moe_top_k: int = 1  # routed experts per token (+ the shared one)
     moe_shared_expert: bool = True
-    gate_scale: float | None = None   # alpha; None = moe_experts / moe_top_k
+    gate_scale: float | None = None  # alpha; None = moe_experts / moe_top_k
     expert_hidden: int | None = None  # None = n * width / (experts + shared)
     balance_weight: float = 0.0
-    moe_dispatch: str = "dense"       # or "sort" (runs only the selected experts; same output)
-    moe_per_token: bool = True        # False: a standard MoE (nn/moe.py) whose experts every position shares
-    interlayer_gap: int = 2           # 0 = no inter-layer residual and no aux loss
+    moe_dispatch: str = "dense"  # or "sort" (runs only the selected experts; same output)
+    moe_per_token: bool = True  # False: a standard MoE (nn/moe.py) whose experts every position shares
+    interlayer_gap: int = 2  # 0 = no inter-layer residual and no aux loss
     aux_loss_weight: float = 0.1
-    aux_head: str = "linear"          # or "towers"
+    aux_head: str = "linear"  # or "towers"
     final_norm: bool = True
     mmoe_experts: int = 0
     tower_hidden: list[int] = field(default_factory=lambda: [32])
@@ -74,8 +74,10 @@ class TokenMixerLargeConfig(RankerConfig):
         if self.token_mixing not in MIX_MODES:
             raise ConfigError(f"token_mixing must be one of {', '.join(MIX_MODES)}, got {self.token_mixing!r}")
         if self.swiglu not in ("per_token", "shared", "per_token_ffn") or self.aux_head not in ("linear", "towers"):
-            raise ConfigError(f"swiglu must be per_token|shared|per_token_ffn and aux_head linear|towers, got "
-                              f"{self.swiglu!r}, {self.aux_head!r}")
+            raise ConfigError(
+                f"swiglu must be per_token|shared|per_token_ffn and aux_head linear|towers, got "
+                f"{self.swiglu!r}, {self.aux_head!r}"
+            )
         if self.moe_experts and not 1 <= self.moe_top_k <= self.moe_experts:
             raise ConfigError(f"moe_top_k must be in [1, moe_experts={self.moe_experts}], got {self.moe_top_k}")
 
@@ -92,12 +94,20 @@ class TokenMixerLarge(RankingModel):
         if config.token_mixing != "none" and d % heads:
             raise ConfigError(f"tokenmixer_large: dim {d} must be divisible by heads {heads} (tokens: {t})")
 
-        self.blocks = nn.ModuleList(MixRevertBlock(t, d, heads, lambda n, w: sublayer(config, n, w),
-                                                   config.token_mixing) for _ in range(config.layers))
+        self.blocks = nn.ModuleList(
+            MixRevertBlock(t, d, heads, lambda n, w: sublayer(config, n, w), config.token_mixing)
+            for _ in range(config.layers)
+        )
         self.norm = RMSNorm(d) if config.final_norm else nn.Identity()
         self.heads = PooledHeads(tasks, d, config.tower_hidden, config.mmoe_experts)
-        self.aux_layers = [i for i in range(config.layers) if config.interlayer_gap and i >= config.interlayer_gap
-                           and i % config.interlayer_gap == 0 and i != config.layers - 1]
+        self.aux_layers = [
+            i
+            for i in range(config.layers)
+            if config.interlayer_gap
+            and i >= config.interlayer_gap
+            and i % config.interlayer_gap == 0
+            and i != config.layers - 1
+        ]
         self.aux_head = nn.Linear(d, len(tasks)) if self.aux_layers and config.aux_head == "linear" else None
 
     def run(self, inputs: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
@@ -145,11 +155,31 @@ def sublayer(config: TokenMixerLargeConfig, tokens: int, width: int) -> nn.Modul
     alpha = config.gate_scale if config.gate_scale is not None else e / k
     per_expert = config.expert_hidden or max(1, hidden // (e + config.moe_shared_expert))
     if not config.moe_per_token:
-        return nn.Sequential(RMSNorm(width), SparseMoE(width, per_expert, e, k, "swiglu", config.moe_shared_expert,
-                                                       gate_scale=alpha, dispatch=config.moe_dispatch))
-    return PerTokenSparseMoE(tokens, width, per_expert, e, k, config.moe_shared_expert, alpha,
-                             down_init=config.down_init, balance_weight=config.balance_weight,
-                             dispatch=config.moe_dispatch)
+        return nn.Sequential(
+            RMSNorm(width),
+            SparseMoE(
+                width,
+                per_expert,
+                e,
+                k,
+                "swiglu",
+                config.moe_shared_expert,
+                gate_scale=alpha,
+                dispatch=config.moe_dispatch,
+            ),
+        )
+    return PerTokenSparseMoE(
+        tokens,
+        width,
+        per_expert,
+        e,
+        k,
+        config.moe_shared_expert,
+        alpha,
+        down_init=config.down_init,
+        balance_weight=config.balance_weight,
+        dispatch=config.moe_dispatch,
+    )
 
 
 @register("ranker", "tokenmixer_large", config=TokenMixerLargeConfig)

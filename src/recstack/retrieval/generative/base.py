@@ -87,8 +87,9 @@ class GenerativeModel(nn.Module):
     def begin(self, batch: dict[str, torch.Tensor]) -> DecodeState:
         raise NotImplementedError
 
-    def step(self, state: DecodeState, prefix: torch.Tensor, use_cache: bool = True
-             ) -> tuple[torch.Tensor, DecodeState]:
+    def step(
+        self, state: DecodeState, prefix: torch.Tensor, use_cache: bool = True
+    ) -> tuple[torch.Tensor, DecodeState]:
         raise NotImplementedError
 
     def reorder(self, state: DecodeState, rows: torch.Tensor) -> DecodeState:
@@ -110,8 +111,17 @@ class ModelShape:
 
 
 def _train_defaults() -> TrainConfig:
-    return TrainConfig(epochs=50, batch_size=256, lr=1e-3, weight_decay=0.01, warmup_ratio=0.02,
-                       min_lr_ratio=0.05, patience=5, monitor="recall@10", progress=False)
+    return TrainConfig(
+        epochs=50,
+        batch_size=256,
+        lr=1e-3,
+        weight_decay=0.01,
+        warmup_ratio=0.02,
+        min_lr_ratio=0.05,
+        patience=5,
+        monitor="recall@10",
+        progress=False,
+    )
 
 
 @dataclass
@@ -135,8 +145,9 @@ class GenerativeConfig:
 
     semantic_ids: str | None = None
     sid_encoder: dict[str, Any] = field(default_factory=lambda: {"name": "collab"})
-    sid_quantizer: dict[str, Any] = field(default_factory=lambda: {"name": "rq_kmeans", "levels": 3,
-                                                                   "codebook_size": 256})
+    sid_quantizer: dict[str, Any] = field(
+        default_factory=lambda: {"name": "rq_kmeans", "levels": 3, "codebook_size": 256}
+    )
     max_len: int = 20
     train_targets: Literal["all", "last", "sequence"] = "all"
     event_labels: list[str] | None = None

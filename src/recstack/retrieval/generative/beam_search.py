@@ -33,7 +33,7 @@ from recstack.errors import DataError
 from recstack.retrieval.generative.base import GenerativeModel
 from recstack.semantic_ids.semantic_ids import PrefixTrie
 
-_ITEM_NODES: "weakref.WeakKeyDictionary[PrefixTrie, list[torch.Tensor]]" = weakref.WeakKeyDictionary()
+_ITEM_NODES: weakref.WeakKeyDictionary[PrefixTrie, list[torch.Tensor]] = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -87,8 +87,15 @@ def history_keys(exclude: Jagged, trie: PrefixTrie, depth: int) -> tuple[torch.T
     return keys, counts, num_nodes
 
 
-def mask_history_subtrees(scores: torch.Tensor, child: torch.Tensor, exists: torch.Tensor, trie: PrefixTrie,
-                          exclude: Jagged, beams: int, depth: int) -> torch.Tensor:
+def mask_history_subtrees(
+    scores: torch.Tensor,
+    child: torch.Tensor,
+    exists: torch.Tensor,
+    trie: PrefixTrie,
+    exclude: Jagged,
+    beams: int,
+    depth: int,
+) -> torch.Tensor:
     """-inf where the child (depth `depth`) lies under a subtree made only of the row's history items."""
     keys, counts, num_nodes = history_keys(exclude, trie, depth)
     if keys.numel() == 0:
@@ -103,9 +110,16 @@ def mask_history_subtrees(scores: torch.Tensor, child: torch.Tensor, exists: tor
 
 
 @torch.no_grad()
-def beam_search(model: GenerativeModel, batch: dict[str, torch.Tensor], trie: PrefixTrie, k: int,
-                beam_size: int = 20, use_cache: bool = True, constrained: bool = True,
-                exclude: Jagged | None = None) -> BeamResult:
+def beam_search(
+    model: GenerativeModel,
+    batch: dict[str, torch.Tensor],
+    trie: PrefixTrie,
+    k: int,
+    beam_size: int = 20,
+    use_cache: bool = True,
+    constrained: bool = True,
+    exclude: Jagged | None = None,
+) -> BeamResult:
     """Top-k items per user of `batch` (U users) by summed code log-probability.
 
     exclude: Jagged with U rows of item ids that must not be returned (the users' histories), or None.
@@ -149,7 +163,10 @@ def beam_search(model: GenerativeModel, batch: dict[str, torch.Tensor], trie: Pr
     invalid_share = float(invalid.sum()) / max(int(finished.sum()), 1)
     score = score.masked_fill(items == 0, float("-inf"))
     order = torch.argsort(score, dim=1, descending=True, stable=True)  # empty slots after the real items
-    items, score = items.gather(1, order).masked_fill(~torch.isfinite(score.gather(1, order)), 0), score.gather(1, order)
+    items, score = (
+        items.gather(1, order).masked_fill(~torch.isfinite(score.gather(1, order)), 0),
+        score.gather(1, order),
+    )
     codes = prefix.view(users, keep, levels).gather(1, order[..., None].expand(-1, -1, levels))
     if keep < k:  # tiny catalogues: fewer continuations than k
         pad = k - keep

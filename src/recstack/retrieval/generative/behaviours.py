@@ -29,7 +29,7 @@ def resolve_behaviours(spec: dict[str, list[str]] | None, event_names: list[str]
 
 
 def default_behaviours(dataset: Dataset, event_labels: list[str] | None) -> dict[str, list[str]]:
-    """"all" + one sequence per event that occurs in the interactions but not in all of them (an event on
+    """ "all" + one sequence per event that occurs in the interactions but not in all of them (an event on
     every interaction, e.g. Amazon's constant "view" label, would only repeat the "all" sequence)."""
     columns = event_features(dataset, event_labels)
     names = event_names(dataset, columns)

@@ -42,8 +42,9 @@ def event_features(dataset: Dataset, event_labels: list[str] | None) -> list[str
     if event_labels is not None:
         missing = [c for c in event_labels if c not in dataset.interactions.columns]
         if missing:
-            raise ConfigError(f"event_labels: {missing} are not interaction columns of {dataset.name!r} "
-                              f"(labels: {dataset.labels})")
+            raise ConfigError(
+                f"event_labels: {missing} are not interaction columns of {dataset.name!r} (labels: {dataset.labels})"
+            )
         return list(event_labels)
     binary = [c for c in dataset.labels if c in dataset.interactions.columns and _binary(dataset, c)]
     if binary:
@@ -74,8 +75,14 @@ def event_codes(features: dict[str, torch.Tensor], columns: list[str], n: int) -
 class GenerativeData:
     """Training windows of one dataset + its SemanticIds; `batch_source` feeds the Trainer."""
 
-    def __init__(self, dataset: Dataset, sids: SemanticIds, max_len: int, train_targets: str = "all",
-                 event_labels: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        dataset: Dataset,
+        sids: SemanticIds,
+        max_len: int,
+        train_targets: str = "all",
+        event_labels: list[str] | None = None,
+    ) -> None:
         self.dataset, self.sids, self.max_len = dataset, sids, max_len
         self.event_columns = event_features(dataset, event_labels)
         self.event_names = event_names(dataset, self.event_columns)
@@ -99,13 +106,20 @@ class GenerativeData:
         window = self.windows.gather(rows, self.items, width)  # [B, W], target in column W-1
         history = window[:, :-1]
         users = torch.searchsorted(self.user_offsets, self.windows.ends[rows] - 1, right=True) - 1
-        batch = {"history_items": history, "history_codes": self.sids.codes[history],
-                 "history_mask": history > 0, "history_events": self.windows.gather(rows, self.events, width)[:, :-1],
-                 "users": users}
+        batch = {
+            "history_items": history,
+            "history_codes": self.sids.codes[history],
+            "history_mask": history > 0,
+            "history_events": self.windows.gather(rows, self.events, width)[:, :-1],
+            "users": users,
+        }
         if self.sequence_targets:  # every column predicts the next item; the first item of a window is no target
             targets = window[:, 1:] * (history > 0)
-            batch.update(target_items=targets, target_codes=self.sids.codes[targets],
-                         target_count=torch.tensor(rows.numel() * self.windows.mean_targets))
+            batch.update(
+                target_items=targets,
+                target_codes=self.sids.codes[targets],
+                target_count=torch.tensor(rows.numel() * self.windows.mean_targets),
+            )
         else:
             batch.update(target_items=window[:, -1], target_codes=self.sids.codes[window[:, -1]])
         return batch
@@ -132,5 +146,10 @@ def history_tensors(batch: UserBatch, sids: SemanticIds, max_len: int, event_col
     index = Jagged(torch.arange(batch.history.values.numel()), batch.history.offsets).last(max_len).values
     features = {k: v[index] for k, v in batch.history_features.items()}
     events = Jagged(event_codes(features, event_columns, index.numel()), history.offsets).to_padded(width).long()
-    return {"history_items": items, "history_codes": sids.codes[items], "history_mask": items > 0,
-            "history_events": events, "users": batch.users.long()}
+    return {
+        "history_items": items,
+        "history_codes": sids.codes[items],
+        "history_mask": items > 0,
+        "history_events": events,
+        "users": batch.users.long(),
+    }

@@ -45,10 +45,9 @@ from recstack.nn.moe import SparseMoE, moe_aux_loss
 from recstack.nn.query_former import QueryFormer
 from recstack.nn.transformer import DecoderLayer
 from recstack.registry import register
-from recstack.retrieval.generative.base import (DecodeState, GenerativeConfig, GenerativeModel, ModelShape,
-                                                reorder_state)
-from recstack.retrieval.generative.retriever import GenerativeRetriever
+from recstack.retrieval.generative.base import DecodeState, GenerativeConfig, GenerativeModel, ModelShape, reorder_state
 from recstack.retrieval.generative.behaviours import default_behaviours, pack, resolve_behaviours
+from recstack.retrieval.generative.retriever import GenerativeRetriever
 
 
 @dataclass
@@ -114,17 +113,32 @@ class OneMall(GenerativeModel):
         self.recency = nn.Embedding(c.max_len, d) if c.positions else None
         self.behaviours = [(None if v is None else torch.tensor(v, dtype=torch.long)) for v in behaviours.values()]
         self.sequence = nn.Embedding(len(behaviours) + 1, d)  # row i: behaviour i; last row: the start token
-        self.compress = nn.ModuleList(QueryFormer(d, c.num_queries, c.heads, c.qf_layers, dropout=c.dropout,
-                                                  self_attention=c.qf_self_attention)
-                                      for _ in behaviours) if c.query_former else None
+        self.compress = (
+            nn.ModuleList(
+                QueryFormer(
+                    d, c.num_queries, c.heads, c.qf_layers, dropout=c.dropout, self_attention=c.qf_self_attention
+                )
+                for _ in behaviours
+            )
+            if c.query_former
+            else None
+        )
         self.ctx_norm, self.norm = nn.LayerNorm(d), nn.LayerNorm(d)
         self.bos, self.level = nn.Parameter(torch.randn(d) * 0.02), nn.Parameter(torch.randn(self.levels, d) * 0.02)
-        self.blocks = nn.ModuleList(DecoderLayer(d, c.heads, None, c.ffn_dim, c.dropout, "gelu")
-                                    for _ in range(c.layers))
+        self.blocks = nn.ModuleList(
+            DecoderLayer(d, c.heads, None, c.ffn_dim, c.dropout, "gelu") for _ in range(c.layers)
+        )
         if c.moe:  # the shared decoder layer calls `self.ffn(norm(x))`: swap its dense FFN for the sparse MoE
             for block in self.blocks:
-                block.ffn = SparseMoE(d, c.expert_dim or c.ffn_dim, c.experts, c.top_k, c.expert_activation,
-                                      c.shared_expert, dispatch=c.moe_dispatch)
+                block.ffn = SparseMoE(
+                    d,
+                    c.expert_dim or c.ffn_dim,
+                    c.experts,
+                    c.top_k,
+                    c.expert_activation,
+                    c.shared_expert,
+                    dispatch=c.moe_dispatch,
+                )
         self.code_heads = nn.ModuleList(nn.Linear(d, size) for size in self.codebook_sizes)
         self.user_proj, self.item_proj = nn.Linear(d, d), nn.Linear(d, d)
         self.drop = nn.Dropout(c.dropout)
@@ -173,12 +187,14 @@ class OneMall(GenerativeModel):
         ctx, mask = self.context(batch)  # keys / values projected once per user, shared by its beams
         return {"per_user": {"memory_kv": [b.memory_kv(ctx) for b in self.blocks], "memory_mask": mask}, "past": None}
 
-    def step(self, state: DecodeState, prefix: torch.Tensor, use_cache: bool = True
-             ) -> tuple[torch.Tensor, DecodeState]:
+    def step(
+        self, state: DecodeState, prefix: torch.Tensor, use_cache: bool = True
+    ) -> tuple[torch.Tensor, DecodeState]:
         level = prefix.shape[1]
         past = state["past"] if use_cache else None
-        hidden, present = self._decode(self._tokens(prefix, 0 if past is None else past[0][0].shape[2]),
-                                       state["per_user"], past)
+        hidden, present = self._decode(
+            self._tokens(prefix, 0 if past is None else past[0][0].shape[2]), state["per_user"], past
+        )
         log_probs = torch.log_softmax(self.code_heads[level](hidden[:, -1]).float(), -1)
         return log_probs, {"per_user": state["per_user"], "past": present if use_cache else None}
 
@@ -203,8 +219,9 @@ class OneMall(GenerativeModel):
             logits = user @ item.T / c.temperature
             eye = torch.eye(len(items), dtype=torch.bool, device=items.device)
             duplicate = (items[None, :] == items[:, None]) & ~eye  # the same item as another row's target
-            out["contrastive"] = F.cross_entropy(logits.masked_fill(duplicate, float("-inf")),
-                                                 torch.arange(len(items), device=items.device))
+            out["contrastive"] = F.cross_entropy(
+                logits.masked_fill(duplicate, float("-inf")), torch.arange(len(items), device=items.device)
+            )
             loss = loss + c.contrastive_weight * out["contrastive"]
         return {"loss": loss, **out}
 
@@ -220,7 +237,7 @@ class OneMallRetriever(GenerativeRetriever):
         super().__init__(config or OneMallConfig())
         self.behaviours = self.config.behaviours
 
-    def fit(self, dataset: Dataset) -> "OneMallRetriever":
+    def fit(self, dataset: Dataset) -> OneMallRetriever:
         self.behaviours = self.config.behaviours or default_behaviours(dataset, self.config.event_labels)
         return super().fit(dataset)
 

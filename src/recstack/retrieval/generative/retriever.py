@@ -34,8 +34,10 @@ def load_semantic_ids(path: str | Path) -> SemanticIds:
     if not (path / "semantic_ids.json").is_file() and (path / "sid" / "semantic_ids.json").is_file():
         path = path / "sid"
     if not path.is_dir():
-        raise ConfigError(f"semantic_ids: {path} does not exist (expected a folder written by SemanticIds.save "
-                          "or by `recstack sid fit`)")
+        raise ConfigError(
+            f"semantic_ids: {path} does not exist (expected a folder written by SemanticIds.save "
+            "or by `recstack sid fit`)"
+        )
     return SemanticIds.load(path)
 
 
@@ -61,7 +63,7 @@ class GenerativeRetriever(Retriever):
         self.sids: SemanticIds | None = None
         self.model: GenerativeModel | None = None
         self.shape: ModelShape | None = None
-        self.event_names: list[str] = []    # names of event codes 1..E
+        self.event_names: list[str] = []  # names of event codes 1..E
         self.event_columns: list[str] = []  # the interaction columns they come from (data.py)
         self.result: Any = None
         self.seconds: dict[str, float] = {}
@@ -71,26 +73,34 @@ class GenerativeRetriever(Retriever):
         raise NotImplementedError
 
     # ---- training ------------------------------------------------------------------------------
-    def fit(self, dataset: Dataset) -> "GenerativeRetriever":
+    def fit(self, dataset: Dataset) -> GenerativeRetriever:
         from recstack.retrieval.generative.data import GenerativeData
 
         started = time.perf_counter()
         c = self.config
-        self.sids = load_semantic_ids(c.semantic_ids) if c.semantic_ids else \
-            fit_semantic_ids(dataset, c.sid_encoder, c.sid_quantizer)
+        self.sids = (
+            load_semantic_ids(c.semantic_ids)
+            if c.semantic_ids
+            else fit_semantic_ids(dataset, c.sid_encoder, c.sid_quantizer)
+        )
         if self.sids.num_items != dataset.num_items:
-            raise DataError(f"semantic_ids cover {self.sids.num_items} items, dataset {dataset.name!r} has "
-                            f"{dataset.num_items}; fit them on this dataset")
+            raise DataError(
+                f"semantic_ids cover {self.sids.num_items} items, dataset {dataset.name!r} has "
+                f"{dataset.num_items}; fit them on this dataset"
+            )
         sid_seconds = time.perf_counter() - started
         data = GenerativeData(dataset, self.sids, c.max_len, c.train_targets, c.event_labels)
         self.event_names, self.event_columns = data.event_names, data.event_columns
-        self.shape = ModelShape(self.sids.codebook_sizes, dataset.num_items, dataset.num_users,
-                                len(self.event_names) + 1)
+        self.shape = ModelShape(
+            self.sids.codebook_sizes, dataset.num_items, dataset.num_users, len(self.event_names) + 1
+        )
         seed_everything(c.train.seed)
         self.model = self.build_model(self.shape)
         if c.train_targets == "sequence" and not self.model.sequence_targets:
-            raise ConfigError(f"{self.name}: train_targets 'sequence' needs a model that reads every prefix in one "
-                              "pass (tiger with encoder_attention: causal); use 'all' or 'last'")
+            raise ConfigError(
+                f"{self.name}: train_targets 'sequence' needs a model that reads every prefix in one "
+                "pass (tiger with encoder_attention: causal); use 'all' or 'last'"
+            )
         users = data.eval_user_sample("valid", c.eval_users, c.train.seed)
         eval_seconds = [0.0]
 
@@ -101,28 +111,35 @@ class GenerativeRetriever(Retriever):
             return {k: v for k, v in metrics.items() if k.split("@")[0] in ("recall", "ndcg")}
 
         t0 = time.perf_counter()
-        self.result = Trainer(self.model, c.train, data.batch_source(c.train.batch_size, c.train.seed),
-                              evaluate=evaluate, device=c.device).fit()
+        self.result = Trainer(
+            self.model, c.train, data.batch_source(c.train.batch_size, c.train.seed), evaluate=evaluate, device=c.device
+        ).fit()
         total = time.perf_counter() - t0
         epochs = max(len(self.result.history), 1)
-        self.seconds = {"semantic_ids": sid_seconds, "total": total, "eval": eval_seconds[0],
-                        "train_per_epoch": (total - eval_seconds[0]) / epochs, "epochs": float(epochs)}
+        self.seconds = {
+            "semantic_ids": sid_seconds,
+            "total": total,
+            "eval": eval_seconds[0],
+            "train_per_epoch": (total - eval_seconds[0]) / epochs,
+            "epochs": float(epochs),
+        }
         self.model.eval()
         return self
 
     @torch.no_grad()
-    def evaluate(self, dataset: Dataset, split: str, ks: tuple[int, ...] = (5, 10, 20),
-                 users: torch.Tensor | None = None) -> dict[str, float]:
+    def evaluate(
+        self, dataset: Dataset, split: str, ks: tuple[int, ...] = (5, 10, 20), users: torch.Tensor | None = None
+    ) -> dict[str, float]:
         """Full-ranking top-K metrics of beam-search retrieval on `split` (history masked), optionally
         on a subset of its users. Batches carry the event label columns, so models see behaviours."""
         from recstack.eval.evaluator import TopKAccumulator
+
         all_users, targets = dataset.eval_users(split)
         if users is not None:
             keep = torch.isin(all_users, users)
             rows = torch.nonzero(keep).flatten()
             all_users, targets = all_users[rows], targets.select(rows)
-        history = dataset.user_batch(all_users, before=split,
-                                     features=("timestamp", *self.event_columns))
+        history = dataset.user_batch(all_users, before=split, features=("timestamp", *self.event_columns))
         acc = TopKAccumulator(ks, dataset.num_items)
         step = self.config.eval_batch_size
         shares = {"invalid_share": 0.0, "filled_share": 0.0}  # user-weighted sums over the batches
@@ -157,9 +174,16 @@ class GenerativeRetriever(Retriever):
         model.eval()
         device = next(model.parameters()).device
         inputs = {key: value.to(device) for key, value in self.decode_batch(batch).items()}
-        result = beam_search(model, inputs, sids.prefix_trie, k, self.config.beam_size,
-                             use_cache=self.config.use_cache, constrained=self.config.constrained,
-                             exclude=batch.history if exclude_history else None)
+        result = beam_search(
+            model,
+            inputs,
+            sids.prefix_trie,
+            k,
+            self.config.beam_size,
+            use_cache=self.config.use_cache,
+            constrained=self.config.constrained,
+            exclude=batch.history if exclude_history else None,
+        )
         model.train(was_training)
         self.last_decode = {"invalid_share": result.invalid_share, "filled_share": result.filled_share}
         return Candidates.from_topk(result.items, result.scores, self.name)

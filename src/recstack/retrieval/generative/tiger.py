@@ -67,8 +67,10 @@ class TigerConfig(GenerativeConfig):
         if self.encoder_attention not in ("bidirectional", "causal"):
             raise ConfigError(f"encoder_attention must be 'bidirectional' or 'causal', got {self.encoder_attention!r}")
         if self.train_targets == "sequence" and self.encoder_attention != "causal":
-            raise ConfigError("train_targets 'sequence' reads every prefix from one encoder pass, which needs "
-                              "encoder_attention: causal")
+            raise ConfigError(
+                "train_targets 'sequence' reads every prefix from one encoder pass, which needs "
+                "encoder_attention: causal"
+            )
 
 
 class TigerModel(GenerativeModel):
@@ -83,16 +85,20 @@ class TigerModel(GenerativeModel):
         self.register_buffer("vocab_level", torch.repeat_interleave(torch.arange(len(sizes)), sizes), persistent=False)
         vocab = int(sizes.sum())
         self.tokens = nn.Embedding(vocab, c.dim)
-        self.level = nn.Embedding(self.levels, c.dim)                 # encoder: level of each code
-        self.distance = nn.Embedding(c.max_len, c.dim)                # encoder: items back from the latest
-        self.context = nn.Embedding(max(c.user_buckets, 1), c.dim)    # user bucket (or one start token)
-        self.dec_pos = nn.Embedding(self.levels, c.dim)               # decoder position 0..C-1
+        self.level = nn.Embedding(self.levels, c.dim)  # encoder: level of each code
+        self.distance = nn.Embedding(c.max_len, c.dim)  # encoder: items back from the latest
+        self.context = nn.Embedding(max(c.user_buckets, 1), c.dim)  # user bucket (or one start token)
+        self.dec_pos = nn.Embedding(self.levels, c.dim)  # decoder position 0..C-1
         self.bos = nn.Parameter(torch.zeros(c.dim))
         self.output = self.tokens if c.tie_embeddings else nn.Embedding(vocab, c.dim)
-        self.encoder = nn.ModuleList(EncoderLayer(c.dim, c.heads, c.head_dim, c.ffn_dim, c.dropout, c.activation)
-                                     for _ in range(c.encoder_layers))
-        self.decoder = nn.ModuleList(DecoderLayer(c.dim, c.heads, c.head_dim, c.ffn_dim, c.dropout, c.activation)
-                                     for _ in range(c.decoder_layers))
+        self.encoder = nn.ModuleList(
+            EncoderLayer(c.dim, c.heads, c.head_dim, c.ffn_dim, c.dropout, c.activation)
+            for _ in range(c.encoder_layers)
+        )
+        self.decoder = nn.ModuleList(
+            DecoderLayer(c.dim, c.heads, c.head_dim, c.ffn_dim, c.dropout, c.activation)
+            for _ in range(c.decoder_layers)
+        )
         self.enc_norm, self.dec_norm = nn.LayerNorm(c.dim), nn.LayerNorm(c.dim)
         self.drop = nn.Dropout(c.dropout)
         for table in (self.tokens, self.level, self.distance, self.context, self.dec_pos, self.output):
@@ -117,12 +123,13 @@ class TigerModel(GenerativeModel):
         if self.config.positions == "learned":
             if causal:  # items counted from the oldest kept one (padding sits on the left)
                 position = (valid.long().cumsum(1) - 1).clamp(0, self.config.max_len - 1)  # [B, T]
-            else:       # items back from the latest
+            else:  # items back from the latest
                 position = torch.arange(t - 1, -1, -1, device=codes.device).clamp_max(self.config.max_len - 1)
             x = x + self.distance(position).unsqueeze(-2)
         x = torch.cat([self.context(self.user_token(batch["users"]))[:, None], x.reshape(b, t * levels, -1)], 1)
-        mask = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=codes.device),
-                          valid.repeat_interleave(levels, 1)], 1)
+        mask = torch.cat(
+            [torch.ones(b, 1, dtype=torch.bool, device=codes.device), valid.repeat_interleave(levels, 1)], 1
+        )
         x = self.drop(x)
         # [B, 1 | S, S] key mask; the context token keeps every query's row non-empty
         attend = mask[:, None, :] & self.item_causal_mask(t, codes.device) if causal else mask[:, None, :]
@@ -132,7 +139,9 @@ class TigerModel(GenerativeModel):
 
     def memory_items(self, t: int, device: torch.device) -> torch.Tensor:
         """[S] history column of each memory token, S = 1 + T*C (the context token: -1)."""
-        return torch.cat([torch.tensor([-1], device=device), torch.arange(t, device=device).repeat_interleave(self.levels)])
+        return torch.cat(
+            [torch.tensor([-1], device=device), torch.arange(t, device=device).repeat_interleave(self.levels)]
+        )
 
     def item_causal_mask(self, t: int, device: torch.device) -> torch.Tensor:
         """[S, S] bool: query token q may see key k iff k's item is not later than q's (so every token sees
@@ -144,8 +153,9 @@ class TigerModel(GenerativeModel):
         """memory_mask [B, S] -> [B, T*C, S]: the C decoder queries of target t (the item after history
         column t) see the context token and history items 0..t."""
         t = (memory_mask.shape[1] - 1) // self.levels
-        visible = self.memory_items(t, memory_mask.device)[None, :] <= \
-            torch.arange(t, device=memory_mask.device)[:, None]  # [T, S]
+        visible = (
+            self.memory_items(t, memory_mask.device)[None, :] <= torch.arange(t, device=memory_mask.device)[:, None]
+        )  # [T, S]
         return (memory_mask[:, None, :] & visible).repeat_interleave(self.levels, 1)
 
     # ---- decoder -----------------------------------------------------------------------------------
@@ -154,7 +164,7 @@ class TigerModel(GenerativeModel):
         r, l = prefix.shape
         tokens = self.tokens(prefix + self.offsets[:l]) if l else self.bos.new_zeros(r, 0, self.bos.numel())
         x = torch.cat([self.bos.expand(r, 1, -1), tokens], 1)[:, start:]
-        return self.drop(x + self.dec_pos.weight[start:l + 1])
+        return self.drop(x + self.dec_pos.weight[start : l + 1])
 
     def decode(self, x: torch.Tensor, per_user: dict, past: list | None) -> tuple[torch.Tensor, list]:
         present = []
@@ -166,7 +176,7 @@ class TigerModel(GenerativeModel):
     def level_logits(self, hidden: torch.Tensor, level: int) -> torch.Tensor:
         """hidden [R, D] -> [R, codebook_sizes[level]] logits over that level's tokens."""
         lo = int(self.offsets[level])
-        return hidden @ self.output.weight[lo:lo + self.codebook_sizes[level]].T
+        return hidden @ self.output.weight[lo : lo + self.codebook_sizes[level]].T
 
     def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         memory, mask = self.encode(batch)
@@ -183,8 +193,11 @@ class TigerModel(GenerativeModel):
         logits = hidden @ self.output.weight.T  # [R, C, V]; other levels' tokens masked below
         other = self.vocab_level[None, :] != torch.arange(self.levels, device=logits.device)[:, None]
         logits = logits.masked_fill(other, float("-inf"))
-        losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), (target + self.offsets).reshape(-1),
-                                 reduction="none").view(-1, self.levels).sum(1)  # [R] summed over levels
+        losses = (
+            F.cross_entropy(logits.reshape(-1, logits.shape[-1]), (target + self.offsets).reshape(-1), reduction="none")
+            .view(-1, self.levels)
+            .sum(1)
+        )  # [R] summed over levels
         if per_target:  # sum over real targets / the expected count, as the sequential retrievers do
             real = batch["target_items"].reshape(-1) > 0
             return {"loss": (losses * real).sum() / batch["target_count"]}
@@ -192,11 +205,14 @@ class TigerModel(GenerativeModel):
 
     def begin(self, batch: dict[str, torch.Tensor]) -> DecodeState:
         memory, mask = self.encode(batch)
-        return {"per_user": {"memory_kv": [layer.memory_kv(memory) for layer in self.decoder], "memory_mask": mask},
-                "past": None}
+        return {
+            "per_user": {"memory_kv": [layer.memory_kv(memory) for layer in self.decoder], "memory_mask": mask},
+            "past": None,
+        }
 
-    def step(self, state: DecodeState, prefix: torch.Tensor, use_cache: bool = True
-             ) -> tuple[torch.Tensor, DecodeState]:
+    def step(
+        self, state: DecodeState, prefix: torch.Tensor, use_cache: bool = True
+    ) -> tuple[torch.Tensor, DecodeState]:
         level = prefix.shape[1]
         if use_cache:
             hidden, past = self.decode(self.decoder_inputs(prefix, level), state["per_user"], state["past"])

@@ -4,5 +4,13 @@ from recstack.retrieval.sequential.common import SequentialConfig, SequentialMod
 from recstack.retrieval.sequential.hstu import HSTU, HSTUConfig
 from recstack.retrieval.sequential.sasrec import SASRec, SASRecConfig
 
-__all__ = ["HSTU", "HSTUConfig", "SASRec", "SASRecConfig", "SequentialConfig", "SequentialModel",
-           "SequentialRetriever", "TrainingWindows"]
+__all__ = [
+    "HSTU",
+    "HSTUConfig",
+    "SASRec",
+    "SASRecConfig",
+    "SequentialConfig",
+    "SequentialModel",
+    "SequentialRetriever",
+    "TrainingWindows",
+]

@@ -26,7 +26,7 @@ from recstack.data.jagged import Jagged
 from recstack.errors import ConfigError, DataError
 from recstack.nn.sequence_encoder import CausalSequenceEncoder
 from recstack.retrieval.base import Retriever
-from recstack.train import CallableBatchSource, Trainer, TrainConfig, load_weights, save_weights, seed_everything
+from recstack.train import CallableBatchSource, TrainConfig, Trainer, load_weights, save_weights, seed_everything
 from recstack.train.batches import epoch_permutation
 
 EVAL_KS = (10, 20)
@@ -34,8 +34,17 @@ EVAL_KS = (10, 20)
 
 def _train_defaults() -> TrainConfig:
     """A short schedule that converges on Beauty / ML-1M in 20-30 epochs with full softmax (tuned on valid)."""
-    return TrainConfig(epochs=30, batch_size=128, lr=2e-3, weight_decay=0.0, warmup_ratio=0.02,
-                       min_lr_ratio=0.05, patience=5, monitor="ndcg@10", progress=False)
+    return TrainConfig(
+        epochs=30,
+        batch_size=128,
+        lr=2e-3,
+        weight_decay=0.0,
+        warmup_ratio=0.02,
+        min_lr_ratio=0.05,
+        patience=5,
+        monitor="ndcg@10",
+        progress=False,
+    )
 
 
 @dataclass
@@ -55,15 +64,15 @@ class SequentialConfig:
     loss: Literal["ce", "sampled_softmax", "bce"] = "ce"
     num_negatives: int = 128
     negative_sampler: Literal["uniform", "popularity"] = "uniform"
-    temperature: float = 1.0       # logits are divided by it
-    l2_normalize: bool = False     # cosine similarity between user state and item embedding
-    scale_embedding: bool = True   # item embedding times sqrt(dim) at the input
+    temperature: float = 1.0  # logits are divided by it
+    l2_normalize: bool = False  # cosine similarity between user state and item embedding
+    scale_embedding: bool = True  # item embedding times sqrt(dim) at the input
     init_std: float = 0.02
     window_stride: int | None = None
     train_on: Literal["train", "train+valid"] = "train"
     bucket_by_length: bool = True  # batches of similar-length windows (less padding); order still seeded
     ce_chunk_rows: int | None = None  # rows per chunk of the fused full-softmax loss; None = ~2**19 / num_items
-    ce_bfloat16: bool = False         # bfloat16 matmuls in that loss (AMX CPUs, GPUs); softmax stays float32
+    ce_bfloat16: bool = False  # bfloat16 matmuls in that loss (AMX CPUs, GPUs); softmax stays float32
     eval_batch_size: int = 1024
     device: str = "cpu"
     train: TrainConfig = field(default_factory=_train_defaults)
@@ -127,8 +136,11 @@ class TrainingWindows:
         width = int((self.ends[rows] - self.starts[rows]).max())
         window = self.gather(rows, self.items, width)
         items = window[:, :-1]
-        batch = {"items": items, "targets": window[:, 1:] * (items > 0),  # the first item is no target
-                 "target_count": torch.tensor(rows.numel() * self.mean_targets)}
+        batch = {
+            "items": items,
+            "targets": window[:, 1:] * (items > 0),  # the first item is no target
+            "target_count": torch.tensor(rows.numel() * self.mean_targets),
+        }
         if self.timestamps is not None:
             batch["timestamps"] = self.gather(rows, self.timestamps, width)[:, :-1]
         return batch
@@ -142,8 +154,9 @@ class LengthBucketedBatchSource(CallableBatchSource):
     a pure function of (seed, epoch, rank), like the parent's order.
     """
 
-    def __init__(self, lengths: torch.Tensor, collate: Any, batch_size: int, seed: int = 0,
-                 group_batches: int = 32) -> None:
+    def __init__(
+        self, lengths: torch.Tensor, collate: Any, batch_size: int, seed: int = 0, group_batches: int = 32
+    ) -> None:
         super().__init__(lengths.numel(), collate, batch_size, shuffle=True, seed=seed)
         self.lengths, self.group_batches = lengths, group_batches
 
@@ -154,7 +167,7 @@ class LengthBucketedBatchSource(CallableBatchSource):
         full = rows.numel() // self.batch_size
         order = epoch_permutation(full, self.seed + 1 + rank, epoch) if full else torch.zeros(0, dtype=torch.long)
         head = rows[: full * self.batch_size].view(full, self.batch_size)[order].reshape(-1)
-        return torch.cat([head, rows[full * self.batch_size:]])
+        return torch.cat([head, rows[full * self.batch_size :]])
 
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):
@@ -166,8 +179,16 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, states: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, scale: float,
-                chunk: int, compute_dtype: torch.dtype, divisor: float) -> torch.Tensor:
+    def forward(
+        ctx,
+        states: torch.Tensor,
+        table: torch.Tensor,
+        targets: torch.Tensor,
+        scale: float,
+        chunk: int,
+        compute_dtype: torch.dtype,
+        divisor: float,
+    ) -> torch.Tensor:
         m, device = states.shape[0], states.device
         with torch.autocast(device.type, enabled=False):
             low_states, low_table = states.to(compute_dtype), table.to(compute_dtype)
@@ -175,14 +196,14 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             grad_table = torch.zeros(table.shape, dtype=torch.float32, device=device)
             total = torch.zeros((), dtype=torch.float32, device=device)
             for start in range(0, m, chunk):  # chunks of rows; each chunk is one vectorised block
-                rows, target = low_states[start:start + chunk], targets[start:start + chunk]
+                rows, target = low_states[start : start + chunk], targets[start : start + chunk]
                 logits = (rows @ low_table.T).float().mul_(scale)
                 lse = torch.logsumexp(logits, 1, keepdim=True)
                 total += (lse[:, 0] - logits.gather(1, target[:, None])[:, 0]).sum()
                 probs = logits.sub_(lse).exp_()
                 probs[torch.arange(probs.shape[0], device=device), target] -= 1.0
                 probs = probs.mul_(scale / divisor).to(compute_dtype)  # d loss / d logits
-                grad_states[start:start + chunk] = probs @ low_table
+                grad_states[start : start + chunk] = probs @ low_table
                 if compute_dtype == torch.float32:
                     grad_table.addmm_(probs.T, rows)
                 else:
@@ -196,25 +217,30 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         return grad_states * grad_output, grad_table * grad_output, None, None, None, None, None
 
 
-def full_softmax_cross_entropy(states: torch.Tensor, table: torch.Tensor, targets: torch.Tensor,
-                               temperature: float = 1.0, chunk: int | None = None,
-                               compute_dtype: torch.dtype = torch.float32, divisor: float | None = None
-                               ) -> torch.Tensor:
+def full_softmax_cross_entropy(
+    states: torch.Tensor,
+    table: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float = 1.0,
+    chunk: int | None = None,
+    compute_dtype: torch.dtype = torch.float32,
+    divisor: float | None = None,
+) -> torch.Tensor:
     """Cross-entropy of states [M, D] against every row of table [N, D]; targets [M] in 0..N-1.
 
     Summed over the M rows and divided by `divisor` (default M: the mean).
     """
     chunk = chunk or max(16, min(1024, 2**19 // max(table.shape[0], 1)))
     divisor = float(divisor) if divisor is not None else float(max(states.shape[0], 1))
-    return _FusedLinearCrossEntropy.apply(states, table, targets, 1.0 / temperature, chunk, compute_dtype,
-                                          divisor)
+    return _FusedLinearCrossEntropy.apply(states, table, targets, 1.0 / temperature, chunk, compute_dtype, divisor)
 
 
 class SequentialModel(nn.Module):
     """Encoder + tied item table + the training losses. `loss(batch)` follows the Trainer contract."""
 
-    def __init__(self, encoder: CausalSequenceEncoder, config: SequentialConfig,
-                 item_counts: torch.Tensor | None = None) -> None:
+    def __init__(
+        self, encoder: CausalSequenceEncoder, config: SequentialConfig, item_counts: torch.Tensor | None = None
+    ) -> None:
         super().__init__()
         self.encoder, self.config = encoder, config
         self.num_items = encoder.item_embedding.num_embeddings - 1
@@ -255,9 +281,17 @@ class SequentialModel(nn.Module):
         divisor = float(count) if count is not None else float(max(targets.numel(), 1))
         if self.config.loss == "ce":
             # Over items 1..num_items: the padding row is no class.
-            return {"loss": full_softmax_cross_entropy(
-                states, table[1:], targets - 1, temperature, self.config.ce_chunk_rows,
-                torch.bfloat16 if self.config.ce_bfloat16 else torch.float32, divisor)}
+            return {
+                "loss": full_softmax_cross_entropy(
+                    states,
+                    table[1:],
+                    targets - 1,
+                    temperature,
+                    self.config.ce_chunk_rows,
+                    torch.bfloat16 if self.config.ce_bfloat16 else torch.float32,
+                    divisor,
+                )
+            }
         if self.config.loss == "sampled_softmax":
             negatives, log_q = self._sample(self.config.num_negatives, states.device)  # [S], shared by rows
             pos = (states * table[targets]).sum(-1, keepdim=True) / temperature  # [M, 1]
@@ -301,7 +335,7 @@ class SequentialRetriever(Retriever):
         self.model = SequentialModel(self.build_encoder(num_items, use_time), self.config, item_counts)
 
     # ---- training ------------------------------------------------------------------------------
-    def fit(self, dataset: Dataset) -> "SequentialRetriever":
+    def fit(self, dataset: Dataset) -> SequentialRetriever:
         use_time = self.wants_time(dataset)
         seed_everything(self.config.train.seed)  # the initial weights are part of the seeded run
         self._build(dataset.num_items, use_time, dataset.item_popularity("train"))
@@ -312,11 +346,13 @@ class SequentialRetriever(Retriever):
         windows = TrainingWindows(items, times, self.config.max_len, self.config.window_stride)
         train = self.config.train
         if self.config.bucket_by_length:
-            source: CallableBatchSource = LengthBucketedBatchSource(windows.ends - windows.starts, windows.collate,
-                                                                    train.batch_size, seed=train.seed)
+            source: CallableBatchSource = LengthBucketedBatchSource(
+                windows.ends - windows.starts, windows.collate, train.batch_size, seed=train.seed
+            )
         else:
-            source = CallableBatchSource(windows.num_rows, windows.collate, train.batch_size, shuffle=True,
-                                         seed=train.seed)
+            source = CallableBatchSource(
+                windows.num_rows, windows.collate, train.batch_size, shuffle=True, seed=train.seed
+            )
         eval_seconds = [0.0]
 
         def evaluate(_: nn.Module) -> dict[str, float]:
@@ -327,17 +363,23 @@ class SequentialRetriever(Retriever):
 
         started = time.perf_counter()
         # Valid items are training targets in a refit, so nothing is left to stop on: all epochs run.
-        self.result = Trainer(self.model, train, source, evaluate=None if refit else evaluate,
-                              device=self.config.device).fit()
+        self.result = Trainer(
+            self.model, train, source, evaluate=None if refit else evaluate, device=self.config.device
+        ).fit()
         total = time.perf_counter() - started
         epochs = max(len(self.result.history), 1)
-        self.seconds = {"total": total, "eval": eval_seconds[0], "train_per_epoch": (total - eval_seconds[0]) / epochs,
-                        "epochs": float(epochs)}
+        self.seconds = {
+            "total": total,
+            "eval": eval_seconds[0],
+            "train_per_epoch": (total - eval_seconds[0]) / epochs,
+            "epochs": float(epochs),
+        }
         self.model.eval()
         return self
 
     def _evaluate(self, dataset: Dataset, split: str) -> dict[str, float]:
         from recstack.eval.evaluator import evaluate_retriever  # eval imports no stage; stages may import eval
+
         return evaluate_retriever(self, dataset, split, EVAL_KS, batch_size=self.config.eval_batch_size)
 
     # ---- scoring -------------------------------------------------------------------------------
@@ -367,7 +409,7 @@ class SequentialRetriever(Retriever):
         states = torch.zeros(len(batch), self.config.dim, device=device)
         order = torch.argsort(history.lengths(), stable=True)
         for start in range(0, len(batch), chunk):  # chunks of users, each one vectorised call
-            rows = order[start:start + chunk]
+            rows = order[start : start + chunk]
             part = history.select(rows)
             width = max(int(part.lengths().max()), 1)
             timestamps = stamps.select(rows).to_padded(width).to(device) if stamps is not None else None

@@ -36,18 +36,18 @@ class HSTUConfig(SequentialConfig):
 
     layers: int = 2
     heads: int = 1
-    attention_dim: int = 32            # Q, K width per head
-    linear_dim: int = 32               # U, V width per head
+    attention_dim: int = 32  # Q, K width per head
+    linear_dim: int = 32  # U, V width per head
     attn_dropout: float = 0.0
     normalization: Literal["max_len", "length", "causal"] = "max_len"
     position_bias: bool = True
     time_bias: bool = True
     num_time_buckets: int = 128
-    time_bucket_scale: float = 0.301   # bucket = floor(ln(gap) / scale), Meta's divisor
+    time_bucket_scale: float = 0.301  # bucket = floor(ln(gap) / scale), Meta's divisor
     input_norm: bool = True
     absolute_positions: bool = True
     final_norm: bool = False
-    alpha: float = 1.0                 # logit scale before the SiLU
+    alpha: float = 1.0  # logit scale before the SiLU
     l2_normalize: bool = True
     temperature: float = 0.05
 
@@ -71,11 +71,34 @@ class HSTU(SequentialRetriever):
 
     def build_encoder(self, num_items: int, use_time: bool) -> CausalSequenceEncoder:
         c = self.config
-        blocks = [HSTUBlock(c.dim, c.heads, c.attention_dim, c.linear_dim, c.dropout, c.attn_dropout, c.normalization,
-                            c.input_norm, c.alpha, c.max_len) for _ in range(c.layers)]
+        blocks = [
+            HSTUBlock(
+                c.dim,
+                c.heads,
+                c.attention_dim,
+                c.linear_dim,
+                c.dropout,
+                c.attn_dropout,
+                c.normalization,
+                c.input_norm,
+                c.alpha,
+                c.max_len,
+            )
+            for _ in range(c.layers)
+        ]
         bias = None
         if c.position_bias or use_time:
             bias = RelativeAttentionBias(c.max_len, c.num_time_buckets, c.position_bias, use_time, c.time_bucket_scale)
-        return CausalSequenceEncoder(num_items, c.dim, c.max_len, blocks, c.dropout,
-                                     "learned" if c.absolute_positions else "none", "end", c.scale_embedding,
-                                     c.final_norm, bias, c.init_std)
+        return CausalSequenceEncoder(
+            num_items,
+            c.dim,
+            c.max_len,
+            blocks,
+            c.dropout,
+            "learned" if c.absolute_positions else "none",
+            "end",
+            c.scale_embedding,
+            c.final_norm,
+            bias,
+            c.init_std,
+        )

@@ -31,8 +31,8 @@ class SASRecConfig(SequentialConfig):
 
     layers: int = 2
     heads: int = 2
-    ffn_dim: int | None = None          # None = dim (the paper); 4 * dim is the usual Transformer width
-    attn_dropout: float | None = None   # None = dropout
+    ffn_dim: int | None = None  # None = dim (the paper); 4 * dim is the usual Transformer width
+    attn_dropout: float | None = None  # None = dropout
     norm_first: bool = True
     position_from: Literal["end", "start"] = "end"
     activation: Literal["gelu", "relu"] = "gelu"
@@ -56,7 +56,19 @@ class SASRec(SequentialRetriever):
     def build_encoder(self, num_items: int, use_time: bool) -> CausalSequenceEncoder:
         c = self.config
         attn_dropout = c.dropout if c.attn_dropout is None else c.attn_dropout
-        blocks = [TransformerBlock(c.dim, c.heads, c.ffn_dim or c.dim, c.dropout, attn_dropout, c.norm_first,
-                                   c.activation) for _ in range(c.layers)]
-        return CausalSequenceEncoder(num_items, c.dim, c.max_len, blocks, c.dropout, "learned", c.position_from,
-                                     c.scale_embedding, final_norm=True, init_std=c.init_std)
+        blocks = [
+            TransformerBlock(c.dim, c.heads, c.ffn_dim or c.dim, c.dropout, attn_dropout, c.norm_first, c.activation)
+            for _ in range(c.layers)
+        ]
+        return CausalSequenceEncoder(
+            num_items,
+            c.dim,
+            c.max_len,
+            blocks,
+            c.dropout,
+            "learned",
+            c.position_from,
+            c.scale_embedding,
+            final_norm=True,
+            init_std=c.init_std,
+        )

@@ -30,12 +30,15 @@ from recstack.registry import add_plugin_modules
 if TYPE_CHECKING:
     from recstack.semantic_ids.encoders.cache import CacheKey, EmbeddingCache
 
-add_plugin_modules("item_encoder", [
-    "recstack.semantic_ids.encoders.text",
-    "recstack.semantic_ids.encoders.collaborative",
-    "recstack.semantic_ids.encoders.fused",
-    "recstack.semantic_ids.encoders.alignment",
-])
+add_plugin_modules(
+    "item_encoder",
+    [
+        "recstack.semantic_ids.encoders.text",
+        "recstack.semantic_ids.encoders.collaborative",
+        "recstack.semantic_ids.encoders.fused",
+        "recstack.semantic_ids.encoders.alignment",
+    ],
+)
 
 
 class ItemEncoder:
@@ -50,7 +53,7 @@ class ItemEncoder:
     def __init__(self) -> None:
         self.stats: dict[str, Any] = {}
 
-    def encode(self, dataset: Dataset, cache: "EmbeddingCache | None" = None) -> torch.Tensor:
+    def encode(self, dataset: Dataset, cache: EmbeddingCache | None = None) -> torch.Tensor:
         """[num_items + 1, D] float32 (row 0 = padding = zeros). `cache` is for encoders built on others."""
         raise NotImplementedError
 
@@ -62,7 +65,7 @@ class ItemEncoder:
         """Digest of what the vectors depend on in `dataset` (item texts, train interactions, ...)."""
         raise NotImplementedError
 
-    def cache_key(self, dataset: Dataset) -> "CacheKey":
+    def cache_key(self, dataset: Dataset) -> CacheKey:
         from recstack.semantic_ids.encoders.cache import CacheKey, digest
 
         config = to_dict(self.config) if self.config is not None else {}
@@ -74,8 +77,10 @@ def check_embeddings(embeddings: torch.Tensor, dataset: Dataset, who: str) -> to
     """Validate [num_items + 1, D] finite vectors aligned with `dataset`; returns them as float32 with row 0 = 0."""
     expected = dataset.num_items + 1
     if embeddings.ndim != 2 or embeddings.shape[0] != expected:
-        raise DataError(f"{who}: embeddings have shape {tuple(embeddings.shape)}, expected [{expected}, D] "
-                        f"(num_items + 1 rows for dataset {dataset.name!r})")
+        raise DataError(
+            f"{who}: embeddings have shape {tuple(embeddings.shape)}, expected [{expected}, D] "
+            f"(num_items + 1 rows for dataset {dataset.name!r})"
+        )
     embeddings = embeddings.detach().float().cpu().contiguous()
     if not torch.isfinite(embeddings).all():
         bad = int((~torch.isfinite(embeddings)).any(1).nonzero()[0])
@@ -84,7 +89,7 @@ def check_embeddings(embeddings: torch.Tensor, dataset: Dataset, who: str) -> to
     return embeddings
 
 
-def encode_items(encoder: ItemEncoder, dataset: Dataset, cache: "bool | EmbeddingCache" = True) -> torch.Tensor:
+def encode_items(encoder: ItemEncoder, dataset: Dataset, cache: bool | EmbeddingCache = True) -> torch.Tensor:
     """Embeddings of every item through the on-disk cache (True = under RECSTACK_HOME, False = none)."""
     from recstack.semantic_ids.encoders.cache import encode_items as cached_encode
 

@@ -37,14 +37,14 @@ from recstack.registry import build, register
 from recstack.retrieval.swing import Swing, SwingConfig
 from recstack.semantic_ids.encoders import ItemEncoder, encode_items
 from recstack.semantic_ids.encoders.cache import EmbeddingCache, digest, frame_digest
-from recstack.train import Trainer, TrainConfig, seed_everything
+from recstack.train import TrainConfig, Trainer, seed_everything
 
 
 @dataclass
 class SwingPairsConfig:
-    per_item: int = 10                   # top Swing neighbours taken per item
-    min_score: float = 0.0               # keep pairs with Swing score >= this
-    max_pairs: int | None = None         # keep only the best-scored pairs; None = all
+    per_item: int = 10  # top Swing neighbours taken per item
+    min_score: float = 0.0  # keep pairs with Swing score >= this
+    max_pairs: int | None = None  # keep only the best-scored pairs; None = all
     swing: dict[str, Any] = field(default_factory=dict)  # SwingConfig options (alpha, beta, ...)
 
     def __post_init__(self) -> None:
@@ -55,20 +55,29 @@ class SwingPairsConfig:
 
 
 def _align_train() -> TrainConfig:
-    return TrainConfig(epochs=20, batch_size=256, lr=1e-3, weight_decay=0.0, warmup_ratio=0.0, min_lr_ratio=0.1,
-                       patience=0, progress=False, seed=0)
+    return TrainConfig(
+        epochs=20,
+        batch_size=256,
+        lr=1e-3,
+        weight_decay=0.0,
+        warmup_ratio=0.0,
+        min_lr_ratio=0.1,
+        patience=0,
+        progress=False,
+        seed=0,
+    )
 
 
 @dataclass
 class AlignmentConfig:
     hidden: list[int] = field(default_factory=lambda: [512])
-    out_dim: int | None = None           # None = the input dimension (required when residual)
-    residual: bool = True                # z = x + MLP(x): starts as the identity, keeps the text meaning
-    normalize_input: bool = True         # L2-normalise x first
+    out_dim: int | None = None  # None = the input dimension (required when residual)
+    residual: bool = True  # z = x + MLP(x): starts as the identity, keeps the text meaning
+    normalize_input: bool = True  # L2-normalise x first
     temperature: float = 0.1
-    symmetric: bool = True               # average the a->b and b->a losses
+    symmetric: bool = True  # average the a->b and b->a losses
     dropout: float = 0.0
-    uniformity_weight: float = 0.0       # + w · log E exp(-2|z_i - z_j|²) over the batch (Wang & Isola 2020)
+    uniformity_weight: float = 0.0  # + w · log E exp(-2|z_i - z_j|²) over the batch (Wang & Isola 2020)
     pairs: SwingPairsConfig = field(default_factory=SwingPairsConfig)
     train: TrainConfig = field(default_factory=_align_train)
     device: str = "cpu"
@@ -92,13 +101,21 @@ def swing_pairs(dataset: Dataset, config: SwingPairsConfig | None = None) -> tup
     if config.max_pairs is not None:
         order = order[: config.max_pairs]
     pairs = np.stack([keys[order] // table.shape[0], keys[order] % table.shape[0]], axis=1)
-    report = {"swing_entries": int(table.nnz), "above_threshold": int(above.sum()), "pairs": int(len(pairs)),
-              "items_in_pairs": int(np.unique(pairs).size), "items": dataset.num_items,
-              "min_score": config.min_score, "per_item": config.per_item,
-              "min_pair_score": float(pair_scores[order].min()) if len(order) else 0.0}
+    report = {
+        "swing_entries": int(table.nnz),
+        "above_threshold": int(above.sum()),
+        "pairs": len(pairs),
+        "items_in_pairs": int(np.unique(pairs).size),
+        "items": dataset.num_items,
+        "min_score": config.min_score,
+        "per_item": config.per_item,
+        "min_pair_score": float(pair_scores[order].min()) if len(order) else 0.0,
+    }
     if len(pairs) == 0:
-        raise DataError(f"{dataset.name}: Swing found no item pairs with score >= {config.min_score} "
-                        f"({table.nnz} neighbour entries); lower pairs.min_score, or check that users share items")
+        raise DataError(
+            f"{dataset.name}: Swing found no item pairs with score >= {config.min_score} "
+            f"({table.nnz} neighbour entries); lower pairs.min_score, or check that users share items"
+        )
     return torch.from_numpy(pairs), report
 
 
@@ -110,8 +127,10 @@ class AlignmentProjection(nn.Module):
         dim = inputs.shape[1]
         out_dim = config.out_dim or dim
         if config.residual and out_dim != dim:
-            raise ConfigError(f"alignment.residual needs out_dim = input dim ({dim}), got {out_dim}; "
-                              "set residual: false to change the dimension")
+            raise ConfigError(
+                f"alignment.residual needs out_dim = input dim ({dim}), got {out_dim}; "
+                "set residual: false to change the dimension"
+            )
         self.config = config
         self.register_buffer("inputs", inputs, persistent=False)
         self.mlp = MLP(dim, config.hidden, out_dim, activation="gelu", dropout=config.dropout)
@@ -139,8 +158,11 @@ class AlignmentProjection(nn.Module):
         if self.config.uniformity_weight > 0:
             z = torch.cat([za, zb])
             uniformity = torch.pdist(z).pow(2).mul(-2).exp().mean().log()
-            return {"loss": loss + self.config.uniformity_weight * uniformity, "contrastive": loss.detach(),
-                    "uniformity": uniformity.detach()}
+            return {
+                "loss": loss + self.config.uniformity_weight * uniformity,
+                "contrastive": loss.detach(),
+                "uniformity": uniformity.detach(),
+            }
         return {"loss": loss}
 
 
@@ -162,7 +184,7 @@ def pair_recall(vectors: torch.Tensor, pairs: torch.Tensor, k: int = 10, chunk: 
     unit = F.normalize(vectors.float(), dim=1, eps=1e-8)
     hits = 0
     for start in range(0, len(pairs), chunk):  # blocks of pairs: [chunk, N + 1] scores at a time
-        a, b = pairs[start:start + chunk, 0], pairs[start:start + chunk, 1]
+        a, b = pairs[start : start + chunk, 0], pairs[start : start + chunk, 1]
         scores = unit[a] @ unit.T
         scores[:, 0] = float("-inf")
         scores[torch.arange(len(a)), a] = float("-inf")
@@ -180,8 +202,9 @@ def _project_all(model: AlignmentProjection, chunk: int = 65536) -> torch.Tensor
     return out
 
 
-def align_embeddings(embeddings: torch.Tensor, pairs: torch.Tensor,
-                     config: AlignmentConfig | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+def align_embeddings(
+    embeddings: torch.Tensor, pairs: torch.Tensor, config: AlignmentConfig | None = None
+) -> tuple[torch.Tensor, dict[str, Any]]:
     """embeddings [N + 1, D] (row 0 padding), pairs [P, 2] item ids -> aligned [N + 1, D'] and a report:
     loss per epoch; mean cosine of the pairs and of random pairs, and pair recall@10 (on up to 10k of
     the training pairs, so in-sample), before and after."""
@@ -203,14 +226,19 @@ def align_embeddings(embeddings: torch.Tensor, pairs: torch.Tensor,
     result = Trainer(model, config.train, {"left": pairs[:, 0], "right": pairs[:, 1]}, device=config.device).fit()
     aligned = _project_all(model)
     losses = [float(epoch["train"]["loss"]) for epoch in result.history]
-    report = {"epochs": len(losses), "loss_first_epoch": losses[0] if losses else None,
-              "loss_last_epoch": losses[-1] if losses else None, "train_pairs": int(len(pairs)),
-              "pair_cosine_before": _mean_cosine(inputs, pairs), "pair_cosine_after": _mean_cosine(aligned, pairs),
-              "random_cosine_before": _mean_cosine(inputs, random_pairs),
-              "random_cosine_after": _mean_cosine(aligned, random_pairs),
-              "pair_recall@10_before": pair_recall(inputs, eval_pairs),
-              "pair_recall@10_after": pair_recall(aligned, eval_pairs),
-              "loss_history": losses}
+    report = {
+        "epochs": len(losses),
+        "loss_first_epoch": losses[0] if losses else None,
+        "loss_last_epoch": losses[-1] if losses else None,
+        "train_pairs": len(pairs),
+        "pair_cosine_before": _mean_cosine(inputs, pairs),
+        "pair_cosine_after": _mean_cosine(aligned, pairs),
+        "random_cosine_before": _mean_cosine(inputs, random_pairs),
+        "random_cosine_after": _mean_cosine(aligned, random_pairs),
+        "pair_recall@10_before": pair_recall(inputs, eval_pairs),
+        "pair_recall@10_after": pair_recall(aligned, eval_pairs),
+        "loss_history": losses,
+    }
     return aligned, report
 
 
@@ -237,8 +265,9 @@ class AlignedEncoder(ItemEncoder):
 
     def fingerprint(self, dataset: Dataset) -> str:
         key = self.base.cache_key(dataset)
-        return digest(key.encoder, key.model_id, key.digest,
-                      frame_digest(dataset.split_frame("train"), ["user", "item"]))
+        return digest(
+            key.encoder, key.model_id, key.digest, frame_digest(dataset.split_frame("train"), ["user", "item"])
+        )
 
     def encode(self, dataset: Dataset, cache: EmbeddingCache | None = None) -> torch.Tensor:
         base = encode_items(self.base, dataset, cache if cache is not None else False)

@@ -106,8 +106,12 @@ class EmbeddingCache:
     def save(self, key: CacheKey, embeddings: torch.Tensor, stats: dict[str, Any] | None = None) -> Path:
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"encoder": key.encoder, "model_id": key.model_id, "digest": key.digest,
-                "stats": json.dumps(stats or {}, default=str)}
+        meta = {
+            "encoder": key.encoder,
+            "model_id": key.model_id,
+            "digest": key.digest,
+            "stats": json.dumps(stats or {}, default=str),
+        }
         handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(handle)
         try:
@@ -120,7 +124,7 @@ class EmbeddingCache:
         return path
 
 
-def encode_items(encoder: "ItemEncoder", dataset: Dataset, cache: "bool | EmbeddingCache" = True) -> torch.Tensor:
+def encode_items(encoder: ItemEncoder, dataset: Dataset, cache: bool | EmbeddingCache = True) -> torch.Tensor:
     """[num_items + 1, D] embeddings of `dataset`'s items by `encoder`, read from / written to the cache.
 
     encoder.stats gets "cache": "hit" | "miss" | "off" and "cache_path"; on a hit the stats of the

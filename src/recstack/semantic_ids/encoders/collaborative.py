@@ -30,20 +30,18 @@ from recstack.semantic_ids.encoders.cache import EmbeddingCache, digest, frame_d
 
 # Small, CPU-friendly training budgets for when no trained retriever is given.
 SMALL_CONFIGS: dict[str, dict[str, Any]] = {
-    "sasrec": {"dim": 64, "max_len": 50, "train": {"epochs": 30, "batch_size": 256, "patience": 3,
-                                                   "progress": False}},
-    "hstu": {"dim": 64, "max_len": 50, "train": {"epochs": 30, "batch_size": 256, "patience": 3,
-                                                 "progress": False}},
+    "sasrec": {"dim": 64, "max_len": 50, "train": {"epochs": 30, "batch_size": 256, "patience": 3, "progress": False}},
+    "hstu": {"dim": 64, "max_len": 50, "train": {"epochs": 30, "batch_size": 256, "patience": 3, "progress": False}},
     "two_tower": {"dim": 64, "train": {"epochs": 10, "batch_size": 512, "patience": 2, "progress": False}},
 }
 
 
 @dataclass
 class CollabEncoderConfig:
-    retriever: str = "sasrec"            # "sasrec", "hstu" or "two_tower"
-    path: str | None = None              # saved retriever folder; None = train one on the dataset
+    retriever: str = "sasrec"  # "sasrec", "hstu" or "two_tower"
+    path: str | None = None  # saved retriever folder; None = train one on the dataset
     options: dict[str, Any] = field(default_factory=dict)  # retriever config overrides when training
-    normalize: bool = False              # L2-normalise the vectors
+    normalize: bool = False  # L2-normalise the vectors
 
     def __post_init__(self) -> None:
         if self.retriever not in SMALL_CONFIGS:
@@ -65,8 +63,10 @@ def retriever_item_embeddings(retriever: Retriever) -> torch.Tensor:
     elif callable(getattr(getattr(retriever, "model", None), "item_table", None)):
         vectors = retriever.model.item_table()  # sequential: tied input/output table
     else:
-        raise ConfigError(f"retriever {retriever.name!r} exposes no item embeddings "
-                          "(need item_vectors() or model.item_table(); fit or load it first)")
+        raise ConfigError(
+            f"retriever {retriever.name!r} exposes no item embeddings "
+            "(need item_vectors() or model.item_table(); fit or load it first)"
+        )
     vectors = vectors.detach().float().cpu().clone()
     vectors[0] = 0.0
     return vectors
@@ -99,9 +99,12 @@ class CollabEncoder(ItemEncoder):
         if self.config.path:
             return _folder_digest(self._folder())
         frame = dataset.interactions  # the retriever trains on train rows and stops early on valid rows
-        return digest(dataset.num_items, dataset.num_users,
-                      frame_digest(frame, [c for c in ("user", "item", "timestamp", "split") if c in frame.columns]),
-                      self.retriever_spec())
+        return digest(
+            dataset.num_items,
+            dataset.num_users,
+            frame_digest(frame, [c for c in ("user", "item", "timestamp", "split") if c in frame.columns]),
+            self.retriever_spec(),
+        )
 
     def _folder(self) -> Path:
         path = Path(self.config.path).expanduser()
@@ -113,8 +116,10 @@ class CollabEncoder(ItemEncoder):
         if self.config.path:
             retriever = Retriever.load(self._folder())
             if retriever.name != self.config.retriever:
-                raise ConfigError(f"collab.path holds a {retriever.name!r} retriever, "
-                                  f"but collab.retriever is {self.config.retriever!r}")
+                raise ConfigError(
+                    f"collab.path holds a {retriever.name!r} retriever, "
+                    f"but collab.retriever is {self.config.retriever!r}"
+                )
             return retriever
         return build("retriever", self.retriever_spec(), where="collab.options").fit(dataset)
 
@@ -123,18 +128,24 @@ class CollabEncoder(ItemEncoder):
         self.retriever = self.load_or_fit(dataset)
         vectors = retriever_item_embeddings(self.retriever)
         if vectors.shape[0] != dataset.num_items + 1:
-            raise DataError(f"collab: the retriever knows {vectors.shape[0] - 1} items, dataset {dataset.name!r} "
-                            f"has {dataset.num_items}; use a retriever trained on this dataset")
+            raise DataError(
+                f"collab: the retriever knows {vectors.shape[0] - 1} items, dataset {dataset.name!r} "
+                f"has {dataset.num_items}; use a retriever trained on this dataset"
+            )
         if self.config.normalize:
             vectors = F.normalize(vectors, dim=1)
         trained = dataset.item_popularity("train") > 0
-        self.stats = {"retriever": self.config.retriever, "loaded_from": self.config.path or "",
-                      "items": dataset.num_items, "items_without_train_data": int((~trained[1:]).sum()),
-                      "fit_seconds": time.perf_counter() - started}
+        self.stats = {
+            "retriever": self.config.retriever,
+            "loaded_from": self.config.path or "",
+            "items": dataset.num_items,
+            "items_without_train_data": int((~trained[1:]).sum()),
+            "fit_seconds": time.perf_counter() - started,
+        }
         result = getattr(self.retriever, "result", None) or getattr(self.retriever, "train_result", None)
         if result is not None and not self.config.path:
             self.stats["valid_metrics"] = {k: float(v) for k, v in (result.best_metrics or {}).items()}
         return vectors
 
 
-__all__ = ["CollabEncoder", "CollabEncoderConfig", "SMALL_CONFIGS", "retriever_item_embeddings"]
+__all__ = ["SMALL_CONFIGS", "CollabEncoder", "CollabEncoderConfig", "retriever_item_embeddings"]

@@ -33,7 +33,7 @@ from recstack.semantic_ids.encoders.cache import EmbeddingCache, digest, frame_d
 @dataclass
 class FusedEncoderConfig:
     parts: list[dict[str, Any]] = field(default_factory=lambda: [{"name": "text"}, {"name": "collab"}])
-    weights: list[float] | None = None    # one per part; None = all 1
+    weights: list[float] | None = None  # one per part; None = all 1
     mode: Literal["concat", "projection"] = "concat"
     normalize_output: bool = True
     projection: AlignmentConfig = field(default_factory=AlignmentConfig)  # mode="projection" only
@@ -48,8 +48,9 @@ class FusedEncoderConfig:
                 raise ConfigError(f"fused.weights must be >= 0 with one > 0, got {self.weights}")
 
 
-def concat_normalized(parts: list[torch.Tensor], weights: list[float] | None = None,
-                      normalize_output: bool = True) -> torch.Tensor:
+def concat_normalized(
+    parts: list[torch.Tensor], weights: list[float] | None = None, normalize_output: bool = True
+) -> torch.Tensor:
     """parts: [N + 1, D_p] each -> [N + 1, Σ D_p], each part L2-normalised and scaled by its weight."""
     weights = weights or [1.0] * len(parts)
     fused = torch.cat([w * F.normalize(p.float(), dim=1, eps=1e-8) for w, p in zip(weights, parts)], dim=1)
@@ -64,8 +65,11 @@ class FusedEncoder(ItemEncoder):
     def __init__(self, config: FusedEncoderConfig | None = None, parts: list[ItemEncoder] | None = None) -> None:
         super().__init__()
         self.config = config or FusedEncoderConfig()
-        self.parts = parts if parts is not None else [
-            build("item_encoder", spec, where=f"fused.parts[{i}]") for i, spec in enumerate(self.config.parts)]
+        self.parts = (
+            parts
+            if parts is not None
+            else [build("item_encoder", spec, where=f"fused.parts[{i}]") for i, spec in enumerate(self.config.parts)]
+        )
         if self.config.weights is not None and len(self.config.weights) != len(self.parts):
             raise ConfigError(f"fused: {len(self.parts)} part encoders for {len(self.config.weights)} weights")
 
@@ -74,15 +78,19 @@ class FusedEncoder(ItemEncoder):
 
     def fingerprint(self, dataset: Dataset) -> str:
         keys = [part.cache_key(dataset) for part in self.parts]
-        behaviour = frame_digest(dataset.split_frame("train"), ["user", "item"]) \
-            if self.config.mode == "projection" else ""
+        behaviour = (
+            frame_digest(dataset.split_frame("train"), ["user", "item"]) if self.config.mode == "projection" else ""
+        )
         return digest([[k.encoder, k.model_id, k.digest] for k in keys], behaviour)
 
     def encode(self, dataset: Dataset, cache: EmbeddingCache | None = None) -> torch.Tensor:
         vectors = [encode_items(part, dataset, cache if cache is not None else False) for part in self.parts]
         fused = concat_normalized(vectors, self.config.weights, self.config.normalize_output)
-        self.stats = {"parts": {f"{i}:{p.name}": dict(p.stats) for i, p in enumerate(self.parts)},
-                      "part_dims": [int(v.shape[1]) for v in vectors], "mode": self.config.mode}
+        self.stats = {
+            "parts": {f"{i}:{p.name}": dict(p.stats) for i, p in enumerate(self.parts)},
+            "part_dims": [int(v.shape[1]) for v in vectors],
+            "mode": self.config.mode,
+        }
         if self.config.mode == "projection":
             pairs, pair_report = swing_pairs(dataset, self.config.projection.pairs)
             fused, report = align_embeddings(fused, pairs, self.config.projection)

