@@ -7,6 +7,7 @@ import torch
 
 from recstack.errors import ConfigError
 from recstack.nn.query_former import CrossAttention, QueryFormer
+from tests.helpers import check_at_most, seeded
 
 
 @pytest.mark.parametrize("self_attention", [True, False])
@@ -54,9 +55,10 @@ def test_cached_kv_projection_matches_forward():
     assert torch.allclose(attn.attend(q, k, v, None), attn(q, kv), atol=1e-6)
 
 
+@pytest.mark.learns
 def test_learns_to_summarise_a_masked_sum():
     """Two queries can learn to read the mean of the real items (a task padding would corrupt)."""
-    torch.manual_seed(3)
+    torch.manual_seed(seeded(3))
     qf = QueryFormer(16, num_queries=2, heads=2, layers=1, kv_dim=4)
     head = torch.nn.Linear(32, 4)
     opt = torch.optim.Adam([*qf.parameters(), *head.parameters()], lr=3e-3)
@@ -72,7 +74,7 @@ def test_learns_to_summarise_a_masked_sum():
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert loss.item() < 0.2 * first
+    check_at_most(loss.item() / first, 0.2, "final / first MSE")
 
 
 def test_bad_sizes_raise():

@@ -13,14 +13,15 @@ from recstack.ranking.features import build_schema
 from recstack.ranking.samples import SampleBuilder
 from recstack.registry import build
 from recstack.world import World, WorldConfig
+from tests.helpers import check_at_least, seeded
 
-TINY_TRAIN = {"epochs": 2, "batch_size": 128, "lr": 5e-3, "patience": 0, "progress": False, "seed": 0}
+TINY_TRAIN = {"epochs": 2, "batch_size": 128, "lr": 5e-3, "patience": 0, "progress": False, "seed": seeded()}
 WINDOW = 3 * 86400.0  # aggregation window: several requests of a user per group in the tiny world
 
 
 def tiny_world():
     """Impression log with scenarios, timestamps and the click -> long_view -> like -> purchase funnel."""
-    world = World(WorldConfig(num_users=40, num_items=60, num_topics=4, seed=1))
+    world = World(WorldConfig(num_users=40, num_items=60, num_topics=4, seed=seeded(1)))
     return prepare(world.generate_logs(1500), PrepareConfig(split="temporal", valid_fraction=0.15, test_fraction=0.15))
 
 
@@ -31,7 +32,7 @@ def tiny_model(dataset, spec: dict):
     ranker.tasks, ranker.event_labels, ranker.time_scale = builder.tasks, builder.event_labels, builder.time_scale
     schema, tables = build_schema(dataset, ranker.config.features)
     ranker.schema, ranker.history_label = schema, builder.history_label
-    torch.manual_seed(0)
+    torch.manual_seed(seeded())
     ranker.model = ranker.build_model(schema)
     ranker.model.features.set_tables(tables)
     return ranker, builder, ranker.model
@@ -44,7 +45,7 @@ def spread_rows(samples, n: int) -> torch.Tensor:
 
 def overfit_aucs(model, inputs: dict, steps: int = 40, lr: float = 2e-2) -> list[float]:
     """Memorise random labels of one batch; returns the AUC per task afterwards."""
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(seeded())
     inputs = dict(
         inputs, labels={t: (torch.rand(len(inputs["items"]), generator=gen) < 0.5).float() for t in model.tasks}
     )
@@ -59,6 +60,13 @@ def overfit_aucs(model, inputs: dict, steps: int = 40, lr: float = 2e-2) -> list
     with torch.no_grad():
         logits = model(inputs)
     return [auc(inputs["labels"][t], logits[t]) for t in model.tasks]
+
+
+def check_memorises(model, inputs: dict, floor: float, steps: int = 40, lr: float = 2e-2) -> None:
+    """Every task's AUC on random labels of one batch reaches `floor` after `steps` Adam steps."""
+    check_at_least(
+        min(overfit_aucs(model, inputs, steps, lr)), floor, f"min task AUC memorising random labels, {steps} steps"
+    )
 
 
 def candidates(dataset, users: torch.Tensor, k: int = 6) -> Candidates:
@@ -144,7 +152,7 @@ def unfitted_model(ranker, dataset):
     builder = SampleBuilder(dataset, ranker.config.samples)
     ranker.tasks = builder.tasks
     schema, tables = build_schema(dataset, ranker.config.features)
-    torch.manual_seed(0)
+    torch.manual_seed(seeded())
     model = ranker.build_model(schema)
     model.features.set_tables(tables)
     return model, builder

@@ -13,7 +13,7 @@ from recstack.nn.per_token import PerTokenSparseMoE
 from recstack.nn.token_mixing import MixRevertBlock
 from recstack.world import World, WorldConfig
 from tests.ranking.test_ranker import TINY_TRAIN, planted_world
-from tests.ranking.test_rankmixer import model_and_inputs, overfits, round_trip_scores, tiny
+from tests.ranking.test_rankmixer import check_overfits, model_and_inputs, round_trip_scores, tiny
 
 
 @pytest.fixture(scope="module")
@@ -24,13 +24,14 @@ def planted():
     )
 
 
+@pytest.mark.learns
 def test_tokenmixer_large_overfits_tiny_batch(planted):
     deep, inputs = model_and_inputs(tiny("tokenmixer_large", layers=4), planted)
     assert deep.tokenizer.names[0] == "global" and deep.aux_layers == [2]  # skip into layer 3 of 4, aux loss
     out = deep.loss(inputs)
     assert out["loss"] > out["click"] + out["like"] and out["aux_bce"] > 0
     model, inputs = model_and_inputs(tiny("tokenmixer_large"), planted)
-    assert overfits(model, inputs)
+    check_overfits(model, inputs)
 
 
 def test_tokenmixer_large_save_load_identical_scores(planted, tmp_path):

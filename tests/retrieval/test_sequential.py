@@ -17,6 +17,7 @@ from recstack.retrieval.base import Retriever
 from recstack.retrieval.sequential import HSTU, SASRec, TrainingWindows
 from recstack.retrieval.sequential.common import LengthBucketedBatchSource, SequentialModel, full_softmax_cross_entropy
 from recstack.train import TrainConfig
+from tests.helpers import check_at_least, seeded
 
 NUM_ITEMS = 12
 
@@ -45,7 +46,7 @@ def tiny_train(epochs: int = 40) -> TrainConfig:
         eval_every=epochs,
         monitor="recall@10",
         progress=False,
-        seed=0,
+        seed=seeded(),
     )
 
 
@@ -124,12 +125,13 @@ def test_losses_are_finite_and_reach_every_parameter_group(successor, model, los
     assert retriever.model.encoder.item_embedding.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.learns
 @pytest.mark.parametrize("name", ["sasrec", "hstu"])
 def test_overfits_successor_sequences(successor, name):
     retriever = build("retriever", {"name": name, **SMALL, "train": tiny_train().__dict__})
     retriever.fit(successor)
     test = evaluate_retriever(retriever, successor, "test", ks=(1, 10))
-    assert test["recall@1"] >= 0.95, test
+    check_at_least(test["recall@1"], 0.95, "test recall@1")
     assert retriever.result.best_epoch is not None and retriever.seconds["train_per_epoch"] > 0
 
 

@@ -18,6 +18,7 @@ from recstack.retrieval.generative.compute import flops_per_sample
 from recstack.retrieval.generative.onemall import OneMall, OneMallConfig, OneMallRetriever
 from recstack.semantic_ids.semantic_ids import SemanticIds
 from recstack.train import TrainConfig
+from tests.helpers import check_at_least, seeded
 
 SIZES = [4, 3, 2]
 SMALL = {
@@ -176,21 +177,26 @@ def fitted(tmp_path_factory):
         patience=0,
         eval_every=40,
         progress=False,
-        seed=0,
-    )  # recall@1 = 1.0 with seeds 0, 1, 2
+        seed=seeded(),
+    )
     config = OneMallConfig(
         **{**SMALL, "dim": 32, "max_len": 4}, semantic_ids=str(folder), beam_size=10, eval_users=None, train=train
     )
     return dataset, OneMallRetriever(config).fit(dataset)
 
 
-def test_overfits_successor_sequences_via_generative_retriever(fitted):
-    dataset, retriever = fitted
+def test_retriever_resolves_behaviours(fitted):
+    _, retriever = fitted
     assert retriever.event_names == ["click", "buy"]
     assert retriever.behaviours == {"all": ["*"], "click": ["click"], "buy": ["buy"]}
     assert len(retriever.model.compress) == 3
+
+
+@pytest.mark.learns
+def test_overfits_successor_sequences_via_generative_retriever(fitted):
+    dataset, retriever = fitted
     metrics = retriever.evaluate(dataset, "test", (1, 5))
-    assert metrics["recall@1"] >= 0.9, metrics
+    check_at_least(metrics["recall@1"], 0.9, "test recall@1")
 
 
 def test_save_load_gives_identical_beams(fitted, tmp_path):
