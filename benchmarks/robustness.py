@@ -35,8 +35,12 @@ RESULTS = ROOT / "benchmarks" / "results" / "robustness.jsonl"
 
 def run_combination(seed: int, threads: int, margin_log: Path, select: str | None) -> dict[str, Any]:
     """One `pytest -m learns` run; returns its exit code, closing line and wall time."""
-    env = dict(os.environ, RECSTACK_TEST_SEED=str(seed), RECSTACK_TEST_THREADS=str(threads),
-               RECSTACK_MARGIN_LOG=str(margin_log))
+    env = dict(
+        os.environ,
+        RECSTACK_TEST_SEED=str(seed),
+        RECSTACK_TEST_THREADS=str(threads),
+        RECSTACK_MARGIN_LOG=str(margin_log),
+    )
     command = [sys.executable, "-m", "pytest", "-q", "-m", "learns", "-p", "no:cacheprovider"]
     if select:
         command += ["-k", select]
@@ -44,8 +48,14 @@ def run_combination(seed: int, threads: int, margin_log: Path, select: str | Non
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     lines = [line for line in done.stdout.splitlines() if line.strip()]
     failed = [line for line in lines if line.startswith("FAILED")]
-    return {"seed": seed, "threads": threads, "returncode": done.returncode, "summary": lines[-1] if lines else "",
-            "failed": failed, "seconds": round(time.perf_counter() - started, 1)}
+    return {
+        "seed": seed,
+        "threads": threads,
+        "returncode": done.returncode,
+        "summary": lines[-1] if lines else "",
+        "failed": failed,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 def smallest_margins(margin_log: Path) -> list[dict[str, Any]]:
@@ -86,18 +96,28 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{'min margin':>10}  {'value':>8}  {'bound':>7}  {'runs':>4}  worst at   check")
     for row in sorted(margins, key=lambda r: r["margin"]):
         test = row["test"].replace("tests/", "")
-        print(f"{row['margin']:>10.4f}  {row['value']:>8.4f}  {row['bound']:>7.3f}  {row['runs']:>4}  "
-              f"s{row['seed']} t{row['threads']}     {test} :: {row['check']}")
+        print(
+            f"{row['margin']:>10.4f}  {row['value']:>8.4f}  {row['bound']:>7.3f}  {row['runs']:>4}  "
+            f"s{row['seed']} t{row['threads']}     {test} :: {row['check']}"
+        )
     failures = sum(combo["returncode"] != 0 for combo in combos)
-    print(f"\n{len(combos)} combinations, {failures} with failures; {len(margins)} checks; "
-          f"{time.perf_counter() - started:.0f} s")
+    print(
+        f"\n{len(combos)} combinations, {failures} with failures; {len(margins)} checks; "
+        f"{time.perf_counter() - started:.0f} s"
+    )
     if not args.no_record:
-        append_jsonl(RESULTS, {
-            "command": "python benchmarks/robustness.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
-            "seeds": args.seeds, "threads": args.threads, "combinations": combos, "margins": margins,
-        })
+        append_jsonl(
+            RESULTS,
+            {
+                "command": "python benchmarks/robustness.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+                "seeds": args.seeds,
+                "threads": args.threads,
+                "combinations": combos,
+                "margins": margins,
+            },
+        )
     return 1 if failures else 0
 
 
