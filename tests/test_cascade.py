@@ -1,4 +1,5 @@
 import json
+import os
 
 import polars as pl
 import pytest
@@ -196,3 +197,60 @@ def test_positive_only_logs_keep_every_row_for_retrieval(world_dataset):
     )
     assert logged.binary_labels() == ["like", "view"] and not logged.is_impression_log()
     assert Cascade(config()).retrieval_view(logged) is logged
+
+
+def test_run_seed_reaches_every_component_unless_it_sets_its_own():
+    channels = {
+        **FAST_CHANNELS,
+        "swing_own": {"name": "swing", "seed": 3},
+        "sasrec": {"name": "sasrec", "train": {"epochs": 1}},
+    }
+    cascade = Cascade(config(seed=7, channels=channels, ranker={"name": "dcn_din_mmoe", "train": {"seed": 5}}))
+    assert cascade.channels["swing"].config.seed == 7
+    assert cascade.channels["swing_own"].config.seed == 3
+    assert cascade.channels["sasrec"].config.train.seed == 7
+    assert cascade.ranker.config.train.seed == 5
+    assert cascade.ranker.config.samples.seed == 0  # the fixed valid/test negatives do not move with the seed
+
+
+def test_cli_run_seed_threads_and_full_tables_off_a_terminal(world_dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "60")  # CliRunner's output is not a terminal; rich would cut at 60 columns
+    monkeypatch.delenv("MKL_CBWR", raising=False)
+    path, runs = write_config(tmp_path), tmp_path / "runs"
+    threads = torch.get_num_threads()
+    result = runner.invoke(app, ["run", str(path), "--runs-dir", str(runs), "--seed", "7", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert torch.get_num_threads() == threads and "MKL_CBWR" not in os.environ  # both restored after the run
+    assert "…" not in result.output
+    for name in ("recall@10", "ndcg@10", "mrr@10", "recall@50", "popularity baseline"):
+        assert name in result.output, name
+    metrics = json.loads((runs / "cli" / "metrics.json").read_text())
+    assert (metrics["seed"], metrics["threads"], metrics["mkl_cbwr"]) == (7, 1, "AVX2,STRICT")
+    assert f"{metrics['metrics']['test']['page']['ndcg@10']:.4f}" in result.output
+    # the folder holds a seed-7 run: resuming it with another seed is refused, --fresh replaces it
+    result = runner.invoke(app, ["run", str(path), "--runs-dir", str(runs)])
+    assert result.exit_code == 2 and "seed 7, not 42" in result.output
+    result = runner.invoke(app, ["run", str(path), "--runs-dir", str(runs), "--fresh"])
+    assert result.exit_code == 0 and json.loads((runs / "cli" / "metrics.json").read_text())["seed"] == 42
+
+
+@pytest.mark.slow
+def test_cli_run_gives_the_same_bits_with_one_and_two_threads(world_dataset, tmp_path):
+    """`recstack run --threads 1` and `--threads 2` (fresh processes): bit-identical metrics with SASRec
+    and a ranker in the cascade (MKL strict mode + nn/reproducible.py). On the 2-core x86 machine of
+    docs/BENCHMARKS.md the same two runs with MKL_CBWR=AUTO differ, so this exercises the threaded paths."""
+    import subprocess
+    import sys
+
+    channels = {**FAST_CHANNELS, "sasrec": {"name": "sasrec", "train": {"epochs": 3, "progress": False}}}
+    ranker = {"name": "dcn_din_mmoe", "train": {"epochs": 1, "progress": False}}
+    path = write_config(tmp_path, channels=channels, ranker=ranker, page={"k": 10, "tune": True})
+    env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
+    metrics = []
+    for threads in ("1", "2"):
+        runs = tmp_path / f"runs{threads}"
+        command = [sys.executable, "-m", "recstack.cli.main", "run", str(path), "--runs-dir", str(runs)]
+        done = subprocess.run([*command, "--threads", threads], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout + done.stderr
+        metrics.append(json.loads((runs / "cli" / "metrics.json").read_text())["metrics"])
+    assert metrics[0] == metrics[1]

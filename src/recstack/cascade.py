@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -27,6 +27,7 @@ from recstack.registry import build
 from recstack.retrieval.base import Retriever
 from recstack.retrieval.merge import MergeConfig, channel_report, merge_candidates
 from recstack.train.checkpoint import write_json
+from recstack.train.config import TrainConfig
 
 Progress = Callable[[str], None]
 
@@ -80,14 +81,34 @@ class ExpectSpec:
 
 
 @dataclass
+class EnhancerSpec:
+    """Extra user features for the ranker from an LLM enhancer (Taiji, METHODS.md §2.1): a Parquet written by
+    `recstack llm features` (raw_id + feature columns), joined into the users table the ranker is fitted
+    on. Retrieval, the ranker's samples, items and histories are unchanged; the ranker gains user fields."""
+
+    features: str = ""
+    """the features Parquet file"""
+    columns: list[str] | None = None
+    """feature columns to use (None = every column of the file but raw_id and user)"""
+
+    def __post_init__(self) -> None:
+        if not self.features:
+            raise ConfigError("enhancer.features: the path of a features Parquet (`recstack llm features`) is required")
+
+
+@dataclass
 class RunConfig:
     name: str = "ml-100k-cascade"
     seed: int = 42
+    """seeds every stage: the default of each component's `train.seed` and sampling `seed` (a seed in the
+    component's own spec wins); `recstack run --seed N` sets it"""
     dataset: DatasetSpec = field(default_factory=DatasetSpec)
     channels: dict[str, dict[str, Any]] = field(default_factory=_default_channels)
     """alias -> {name: <registered retriever>, **its config}"""
     merge: MergeConfig = field(default_factory=lambda: MergeConfig(k_total=200))
     ranker: dict[str, Any] | None = field(default_factory=_default_ranker)
+    enhancer: EnhancerSpec | None = None
+    """LLM enhancer features fed to the ranker (see EnhancerSpec); null = none"""
     page: PageConfig = field(default_factory=PageConfig)
     retrieval_label: str | None = "auto"
     """label whose positive rows are the history and targets of retrieval and the page; "auto": the
@@ -108,9 +129,14 @@ class Cascade:
     def __init__(self, config: RunConfig) -> None:
         self.config = config
         self.channels: dict[str, Retriever] = {
-            alias: build("retriever", spec, where=f"channels.{alias}") for alias, spec in config.channels.items()
+            alias: _seeded(build("retriever", spec, where=f"channels.{alias}"), spec, config.seed)
+            for alias, spec in config.channels.items()
         }
-        self.ranker = build("ranker", config.ranker, where="ranker") if config.ranker else None
+        self.ranker = (
+            _seeded(build("ranker", config.ranker, where="ranker"), config.ranker, config.seed)
+            if config.ranker
+            else None
+        )
         self.train_seconds: dict[str, float] = {}
         self.page_tuning: dict[str, Any] | None = None
 
@@ -152,10 +178,11 @@ class Cascade:
                 users = torch.arange(1, dataset.num_users + 1)
                 _, merged = self.retrieve(view.user_batch(users, before="valid", features=history_features(view)))
                 self._checkpoint_into(self.ranker, run_dir, "ranker")
+                assert self.config.ranker is not None  # self.ranker is built from it
                 progress(f"ranker: fitting {self.config.ranker['name']}")
                 started = time.perf_counter()
                 torch.manual_seed(self.config.seed)
-                self.ranker.fit(dataset, merged)
+                self.ranker.fit(self.enhanced(dataset, progress), merged)
                 self.train_seconds["ranker"] = time.perf_counter() - started
                 if saved is not None:
                     self.ranker.save(saved)
@@ -164,12 +191,31 @@ class Cascade:
                 self.tune_page(dataset)
         return self
 
+    def enhanced(self, dataset: Dataset, progress: Progress = print) -> Dataset:
+        """The dataset the ranker is fitted on: `dataset` with the enhancer's user features joined (if any)."""
+        spec = self.config.enhancer
+        if spec is None:
+            return dataset
+        from recstack.llm.taiji.enhancer import join_user_features
+
+        enhanced, report = join_user_features(dataset, spec.features, spec.columns)
+        features: Any = getattr(getattr(self.ranker, "config", None), "features", None)
+        chosen = getattr(features, "user_columns", None)
+        if features is not None and chosen is not None:  # an explicit column list: the enhancer's columns join it
+            features.user_columns = list(chosen) + [c for c in report["columns"] if c not in chosen]
+        progress(
+            f"ranker: enhancer features {', '.join(report['columns'])} from {spec.features} "
+            f"({report['users_with_features']} users; {report['users_without']} without)"
+        )
+        return enhanced
+
     def tune_page(self, dataset: Dataset) -> dict[str, Any]:
         """Set page.channel_weights to maximise valid page NDCG@k (see page.fused.tune_page_weights)."""
         dataset = self.retrieval_view(dataset)
         users, targets = dataset.eval_users("valid")
         if users.numel() == 0:
             raise DataError(f"{dataset.name}: page.tune needs a valid split with users")
+        assert self.ranker is not None, "page.tune scores the candidates with the ranker"
         full = dataset.user_batch(users, before="valid", features=history_features(dataset))
         merged_parts, score_parts = [], []
         for start in range(0, users.numel(), self.config.eval.batch_size):
@@ -293,6 +339,19 @@ class Cascade:
         return cascade
 
 
+def _seeded(component: Any, spec: dict[str, Any], seed: int) -> Any:
+    """Give `component` the run's seed: its `train.seed` (neural components) and its own `seed` (sampled
+    ones, e.g. Swing's users per item), unless `spec` sets them. Not the ranker's `samples.seed`: the
+    fixed valid/test negatives are part of the evaluation, the same for every run seed."""
+    config: Any = getattr(component, "config", None)
+    train = getattr(config, "train", None)
+    if isinstance(train, TrainConfig) and "seed" not in (spec.get("train") or {}):
+        train.seed = seed
+    if isinstance(getattr(config, "seed", None), int) and "seed" not in spec:
+        config.seed = seed
+    return component
+
+
 def history_features(dataset: Dataset) -> tuple[str, ...]:
     """Per-event features a UserBatch carries: time and the labels (rankers keep e.g. only clicked events)."""
     return ("timestamp", *dataset.labels)
@@ -315,7 +374,9 @@ def _concat(parts: list[Candidates]) -> Candidates:
 
     evidence = None
     if all(p.channel_scores is not None for p in parts):
-        evidence = torch.cat([torch.nn.functional.pad(p.channel_scores, (0, 0, 0, k - p.k)) for p in parts])
+        evidence = torch.cat(
+            [torch.nn.functional.pad(cast(torch.Tensor, p.channel_scores), (0, 0, 0, k - p.k)) for p in parts]
+        )
     return Candidates(
         torch.cat([pad(p.items, 0) for p in parts]),
         torch.cat([pad(p.scores, float("-inf")) for p in parts]),

@@ -38,6 +38,7 @@ NAMES = [
     "kuairand-pure",
     "kuairec",
     "generic",
+    "world",
 ]
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from recstack.cli.common import console, metrics_table
+from recstack.cli.common import print_metrics
 from recstack.data.dataset import Dataset
 
 
@@ -21,4 +21,4 @@ def eval_command(
 
     cutoffs = tuple(int(k) for k in ks.split(","))
     metrics = evaluate_prediction_file(predictions, Dataset.load(dataset), split, cutoffs)
-    console.print(metrics_table(f"{predictions.name} on {dataset}/{split}", {"predictions": metrics}))
+    print_metrics(f"{predictions.name} on {dataset}/{split}", {"predictions": metrics})

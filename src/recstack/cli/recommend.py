@@ -46,8 +46,8 @@ def recommend_command(
             f"[yellow]notice:[/] user {user!r} is not in {dataset.name}; showing the cold-start page "
             "(most popular items in the training data)"
         )
-        scores, items = torch.topk(view.item_popularity("train")[1:], min(k, dataset.num_items))
-        items = (items + 1).tolist()
+        scores, top = torch.topk(view.item_popularity("train")[1:], min(k, dataset.num_items))
+        items = (top + 1).tolist()
         for rank, (item, title) in enumerate(zip(items, _titles(dataset, items)), 1):
             table.add_row(str(rank), str(raw_items[item - 1]), title, f"{float(scores[rank - 1]):.0f}", "popular")
         console.print(table)

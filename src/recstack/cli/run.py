@@ -6,18 +6,22 @@ config, metrics.json, checkpoints and a report (Markdown + self-contained HTML w
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import platform
 import time
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import torch
 import typer
 import yaml
 
 from recstack.cascade import Cascade, RunConfig
-from recstack.cli.common import console, metrics_table
+from recstack.cli.common import console, print_metrics
 from recstack.config import from_dict, load_yaml, to_dict
 from recstack.data.dataset import Dataset
 from recstack.errors import ConfigError, DataError
@@ -34,8 +38,39 @@ def ensure_dataset(name: str, path: str | Path | None = None, prepare: dict | No
             return prepare_dataset(name, Path(path) if path else None, prepare)
 
 
-def load_run_config(path: Path | None) -> RunConfig:
-    return from_dict(RunConfig, load_yaml(path) if path else {}, "")
+def load_run_config(path: Path | None, seed: int | None = None) -> RunConfig:
+    config = from_dict(RunConfig, load_yaml(path) if path else {}, "")
+    if seed is not None:
+        config.seed = seed
+    return config
+
+
+def set_threads(threads: int | None) -> None:
+    """torch's intra-op threads for the rest of the process (None: torch's default, one per core)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def run_numerics(threads: int | None) -> Iterator[None]:
+    """The run's torch threads (None: torch's default, one per core), and MKL in strict reproducible mode.
+
+    MKL_CBWR=AVX2,STRICT (unless MKL_CBWR is set; MKL_CBWR=AUTO opts out) makes MKL's GEMMs sum in an
+    order that does not depend on the thread count. MKL reads it at its first call, which in the
+    `recstack` process comes after this; both settings are restored afterwards (for in-process callers)."""
+    before_threads, before_cbwr = torch.get_num_threads(), os.environ.get("MKL_CBWR")
+    set_threads(threads)
+    if before_cbwr is None:
+        os.environ["MKL_CBWR"] = "AVX2,STRICT"
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before_threads)
+        if before_cbwr is None:
+            os.environ.pop("MKL_CBWR", None)
 
 
 def flatten(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
@@ -68,6 +103,7 @@ def execute(config: RunConfig, runs_dir: Path, fresh: bool = False) -> dict[str,
         import shutil
 
         shutil.rmtree(run_dir)
+    _check_resume_seed(run_dir, config.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     started = time.perf_counter()
@@ -92,7 +128,11 @@ def execute(config: RunConfig, runs_dir: Path, fresh: bool = False) -> dict[str,
         "name": config.name,
         "dataset": dataset.name,
         "finished": datetime.now(timezone.utc).isoformat(),
-        "machine": f"{platform.machine()} {platform.processor() or ''} ({__import__('os').cpu_count()} cpus)",
+        "machine": f"{platform.machine()} {platform.processor() or ''} ({os.cpu_count()} cpus)",
+        "torch": torch.__version__,
+        "seed": config.seed,
+        "threads": torch.get_num_threads(),
+        "mkl_cbwr": os.environ.get("MKL_CBWR"),
         "fit_seconds": round(fit_seconds, 1),
         "train_seconds": {k: round(v, 1) for k, v in cascade.train_seconds.items()},
         "page_tuning": cascade.page_tuning,
@@ -123,6 +163,19 @@ def execute(config: RunConfig, runs_dir: Path, fresh: bool = False) -> dict[str,
     return result
 
 
+def _check_resume_seed(run_dir: Path, seed: int) -> None:
+    """A run folder resumes only the run it holds: refuse to mix stages trained with another seed."""
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return
+    before = (yaml.safe_load(saved.read_text()) or {}).get("seed")
+    if before is not None and before != seed:
+        raise ConfigError(
+            f"{run_dir} holds a run with seed {before}, not {seed}: pass --fresh to replace it, "
+            "or --runs-dir to keep both"
+        )
+
+
 def _history(component: Any) -> list[dict]:
     # Rankers keep their TrainResult as `train_result`, sequential retrievers as `result`.
     result = getattr(component, "train_result", None) or getattr(component, "result", None)
@@ -135,14 +188,14 @@ def _print_summary(config: RunConfig, metrics: dict[str, Any], expectations: lis
             "page (ranked)": values["page"],
             "popularity baseline": {k: v for k, v in values["baseline_popular"].items() if k in values["page"]},
         }
-        console.print(metrics_table(f"{config.name}: {split} (leave-one-out, full ranking)", rows))
+        print_metrics(f"{config.name}: {split} (leave-one-out, full ranking)", rows)
         retrieval = values["retrieval"]
         ks = [key for key in retrieval if key.startswith("recall@")]
         table = {channel: {k: retrieval[k][channel] for k in ks} for channel in retrieval[ks[0]]} if ks else {}
         if table:
-            console.print(metrics_table(f"retrieval recall ({split})", table))
+            print_metrics(f"retrieval recall ({split})", table)
         if "ranker" in values:
-            console.print(metrics_table(f"ranker ({split})", {"ranker": values["ranker"]}))
+            print_metrics(f"ranker ({split})", {"ranker": values["ranker"]})
     for e in expectations:
         mark = "[green]pass[/]" if e["pass"] else "[red]FAIL[/]"
         console.print(f"expect {e['metric']}: {e['got']:.4f} {mark}")
@@ -152,20 +205,26 @@ def run_command(
     config: Path | None = typer.Argument(None, help="experiment YAML (default: the ML-100K cascade)"),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="where run folders go"),
     fresh: bool = typer.Option(False, "--fresh", help="ignore checkpoints of an earlier run with the same name"),
+    seed: int | None = typer.Option(None, "--seed", help="the run's seed (default: the config's `seed`, 42)"),
+    threads: int | None = typer.Option(None, "--threads", help="torch threads (default: one per core)"),
 ) -> None:
     """Train every stage, evaluate each, and write runs/<name>/ with a report."""
-    execute(load_run_config(config), runs_dir, fresh)
+    with run_numerics(threads):
+        execute(load_run_config(config, seed), runs_dir, fresh)
 
 
 def bench_command(
     config: Path = typer.Argument(..., help="experiment YAML with an `expect:` section"),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
+    seed: int | None = typer.Option(None, "--seed", help="the run's seed (default: the config's `seed`)"),
+    threads: int | None = typer.Option(None, "--threads", help="torch threads (default: one per core)"),
 ) -> None:
     """Run a config and say pass/fail against its `expect:` metrics (exit 1 on any failure)."""
-    run_config = load_run_config(config)
+    run_config = load_run_config(config, seed)
     if not run_config.expect:
         raise ConfigError(f"{config}: has no `expect:` section to check")
-    result = execute(run_config, runs_dir, fresh=True)
+    with run_numerics(threads):
+        result = execute(run_config, runs_dir, fresh=True)
     failed = [e for e in result["expect"] if not e["pass"]]
     console.print(f"bench {run_config.name}: {len(result['expect']) - len(failed)} passed, {len(failed)} failed")
     if failed:

@@ -14,7 +14,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import polars as pl
 import torch
@@ -78,7 +78,7 @@ def diagnostics_rows(diag: dict[str, Any]) -> tuple[list[list[str]], list[tuple[
         ]
         for i, lv in enumerate(diag.get("levels", []))
     ]
-    summary = [
+    summary: list[tuple[str, str]] = [
         (key, f"{diag[key]:.4f}" if isinstance(diag[key], float) else str(diag[key]))
         for key in (
             "items",
@@ -244,7 +244,10 @@ def show_command(
     codes = sids.codes[target].tolist()
     console.print(f"item {target} (raw id {raw_ids[target - 1]}): codes {codes[:-1]} + dedup {codes[-1]}")
     console.print(f"  {label}: {titles[target - 1]}")
-    under = [int(sids.items_with_prefix(torch.tensor(codes[:depth])).numel()) for depth in range(1, len(codes))]
+    under = [
+        int(cast(torch.Tensor, sids.items_with_prefix(torch.tensor(codes[:depth]))).numel())  # 1-D prefix: a tensor
+        for depth in range(1, len(codes))
+    ]
     console.print("  items under each prefix: " + ", ".join(f"depth {d + 1}: {n}" for d, n in enumerate(under)))
     table = Table(title=f"nearest items by shared prefix ({run.name})")
     for column in ("item", "raw id", "codes", "shared", "cosine", label):

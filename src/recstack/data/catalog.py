@@ -167,6 +167,14 @@ DATASETS: dict[str, DatasetInfo] = {
             "any CSV/Parquet log described by a YAML column mapping (load_raw('generic', 'mapping.yaml'))",
             (),
         ),
+        DatasetInfo(
+            "world",
+            "world",
+            "synthetic world impression logs generated from a YAML of WorldConfig keys "
+            "(--path world.yaml); `recstack simulate` answers the pages of runs trained on it",
+            (),
+            prepare_overrides={"split": "temporal", "valid_fraction": 0.1, "test_fraction": 0.1},
+        ),
     ]
 }
 

@@ -164,13 +164,13 @@ def extract_zip(
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with bundle.open(member) as source, open(target, "wb") as out:
                     shutil.copyfileobj(source, out)
-            for relative, digest in (sha256 or {}).items():
-                path = staging / relative
+            for expected, digest in (sha256 or {}).items():
+                path = staging / expected
                 if not path.is_file():
-                    raise DataError(f"{archive}: expected file {member_prefix}{relative} is missing")
+                    raise DataError(f"{archive}: expected file {member_prefix}{expected} is missing")
                 actual = file_sha256(path)
                 if actual != digest.lower():
-                    raise DataError(f"{archive}: {member_prefix}{relative} has sha256 {actual}, expected {digest}")
+                    raise DataError(f"{archive}: {member_prefix}{expected} has sha256 {actual}, expected {digest}")
             _replace_dir(staging, dest_dir)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)

@@ -16,7 +16,7 @@ from recstack.data.jagged import Jagged
 class UniformSampler:
     def __init__(self, num_items: int, seed: int = 0) -> None:
         self.num_items = num_items
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator: torch.Generator | None = torch.Generator().manual_seed(seed)  # None: the global RNG
 
     def sample(self, batch_size: int, num_negatives: int) -> torch.Tensor:
         """[batch_size, num_negatives] items drawn uniformly from 1..num_items."""
@@ -36,7 +36,7 @@ class PopularitySampler:
         if float(weights.sum()) <= 0:
             raise ValueError("PopularitySampler needs at least one item with a positive count")
         self.probs = (weights / weights.sum()).float()
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator: torch.Generator | None = torch.Generator().manual_seed(seed)  # None: the global RNG
 
     def sample(self, batch_size: int, num_negatives: int) -> torch.Tensor:
         flat = torch.multinomial(self.probs, batch_size * num_negatives, replacement=True, generator=self.generator)

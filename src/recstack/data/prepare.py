@@ -150,7 +150,7 @@ def _dedup(inter: pl.DataFrame, mode: str, report: list[FilterStep]) -> pl.DataF
         inter = inter.unique(subset=["user", "item", "timestamp"], keep="first", maintain_order=True)
         reason = "exact duplicate of an earlier (user, item, timestamp) row"
     else:
-        keep = "first" if mode == "keep_first" else "last"
+        keep: Literal["first", "last"] = "first" if mode == "keep_first" else "last"
         inter = inter.sort(["user", "timestamp", "_source_row"]).unique(
             subset=["user", "item"], keep=keep, maintain_order=True
         )

@@ -14,7 +14,7 @@ users:        user (str), features.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 
 import polars as pl
 
@@ -62,7 +62,9 @@ _NUMERIC = _INTS + (pl.Float32, pl.Float64, pl.Boolean)
 def _first_null_row(df: pl.DataFrame, column: str) -> int | None:
     if df[column].null_count() == 0:
         return None
-    return int(df[column].is_null().arg_max())
+    row = df[column].is_null().arg_max()
+    assert row is not None  # the column holds a null
+    return int(row)
 
 
 def validate_raw(tables: RawTables) -> None:
@@ -81,7 +83,7 @@ def validate_raw(tables: RawTables) -> None:
     if tables.timestamp_kind != "order":
         negative = inter["timestamp"] < 0
         if negative.any():
-            row = int(negative.arg_max())
+            row = int(cast(int, negative.arg_max()))
             raise DataError(f"{origin}: interactions row {row}: negative timestamp {inter['timestamp'][row]}")
     for label in tables.labels:
         _require_columns(inter, {label: _NUMERIC}, "interactions", origin)

@@ -8,7 +8,7 @@ the Gini index of recommendation counts and the average popularity (ARP) of the 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 
@@ -47,7 +47,7 @@ class TopKAccumulator:
     def add(self, pred_items: torch.Tensor, targets: Jagged) -> None:
         """pred_items: [B, K] best first (0 = empty slot); targets: Jagged with B rows."""
         pred_items = pred_items.cpu()
-        per_user = topk_metrics(pred_items, targets, self.ks, self.metrics, reduce=False)
+        per_user = cast(dict[str, torch.Tensor], topk_metrics(pred_items, targets, self.ks, self.metrics, reduce=False))
         for name, values in per_user.items():
             self.sums[name] = self.sums.get(name, 0.0) + float(torch.nansum(values))
         self.users += int((~torch.isnan(next(iter(per_user.values())))).sum())
@@ -102,7 +102,7 @@ def evaluate_retriever(
     history = dataset.user_batch(users, before=split)
     acc = TopKAccumulator(ks, dataset.num_items, metrics, dataset.item_popularity("train"))
     name = getattr(retriever, "name", type(retriever).__name__)
-    starts = range(0, users.numel(), batch_size)
+    starts: Iterable[int] = range(0, users.numel(), batch_size)
     if progress:
         from recstack.progress import progress_bar
 

@@ -12,6 +12,7 @@ import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import polars as pl
@@ -124,7 +125,8 @@ def read_predictions(path: str | Path, dataset: Dataset) -> tuple[np.ndarray, np
                 "need user, item and rank or score)"
             )
         if frame[column].null_count():
-            raise DataError(f"{path}: column {column!r} row {int(frame[column].is_null().arg_max())}: missing value")
+            row = int(cast(int, frame[column].is_null().arg_max()))
+            raise DataError(f"{path}: column {column!r} row {row}: missing value")
     users = _internal_ids(frame["user"], dataset.users, "user", path)
     items = _internal_ids(frame["item"], dataset.items, "item", path)
     if order_col == "rank":
@@ -143,7 +145,9 @@ def read_predictions(path: str | Path, dataset: Dataset) -> tuple[np.ndarray, np
     for what, values in checks.items():
         repeated = pl.DataFrame({"user": users, what: values}).is_duplicated()
         if repeated.any():
-            raise DataError(f"{path}: row {int(repeated.arg_max())}: a user has two rows with the same {what}")
+            raise DataError(
+                f"{path}: row {int(cast(int, repeated.arg_max()))}: a user has two rows with the same {what}"
+            )
     return users, items, key
 
 

@@ -58,7 +58,7 @@ def plot_recall_vs_k(retrieval: dict[str, Any]) -> bytes | None:
     channels = list(retrieval[f"recall@{ks[0]}"])
     fig, ax = plt.subplots(figsize=(6, 4))
     for channel in channels:
-        style = dict(linewidth=2.5, color="black") if channel == "merged" else {}
+        style: dict[str, Any] = dict(linewidth=2.5, color="black") if channel == "merged" else {}
         ax.plot(ks, [retrieval[f"recall@{k}"][channel] for k in ks], marker="o", label=channel, **style)
     ax.set(xscale="log", xlabel="K", ylabel="recall@K", title="retrieval recall vs K")
     ax.grid(alpha=0.3)

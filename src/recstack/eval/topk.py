@@ -148,9 +148,11 @@ def rank_of_target(scores: torch.Tensor, target: torch.Tensor, ties: str = "pess
     # One pass per bound: pessimistic counts the target and every item scoring at least as high.
     pessimistic = (scores >= own).sum(1).double() if ties != "optimistic" else None
     optimistic = 1.0 + (scores > own).sum(1).double() if ties != "pessimistic" else None
-    if ties == "average":
+    if pessimistic is not None and optimistic is not None:  # ties == "average"
         return (pessimistic + optimistic) / 2
-    return pessimistic if ties == "pessimistic" else optimistic
+    rank = pessimistic if ties == "pessimistic" else optimistic
+    assert rank is not None
+    return rank
 
 
 def metrics_from_ranks(

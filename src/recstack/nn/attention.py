@@ -7,8 +7,9 @@ attend"; an additive float bias (e.g. a relative attention bias) may come beside
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from recstack.nn.reproducible import LayerNorm, attention
 
 
 def causal_mask(valid: torch.Tensor) -> torch.Tensor:
@@ -44,9 +45,8 @@ class MultiHeadSelfAttention(nn.Module):
         if bias is not None:
             bias = bias.unsqueeze(1) if bias.dim() == 3 else bias
             attn_mask = bias.masked_fill(~attn_mask, float("-inf"))
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
-        )
+        # = F.scaled_dot_product_attention, with the same bits at any CPU thread count (nn/reproducible.py)
+        y = attention(q, k, v, attn_mask, self.dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(b, t, d))
 
 
@@ -84,7 +84,7 @@ class TransformerBlock(nn.Module):
         self.norm_first = norm_first
         self.attn = MultiHeadSelfAttention(dim, heads, attn_dropout)
         self.ffn = PointwiseFeedForward(dim, ffn_dim, dropout, activation)
-        self.norm1, self.norm2 = nn.LayerNorm(dim, eps=eps), nn.LayerNorm(dim, eps=eps)
+        self.norm1, self.norm2 = LayerNorm(dim, eps=eps), LayerNorm(dim, eps=eps)  # thread-count invariant on CPU
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

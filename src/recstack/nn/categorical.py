@@ -94,6 +94,10 @@ class FeatureBag(nn.Module):
     The token table lives in buffers (saved with the weights); `set_tokens` fills them.
     """
 
+    token_ids: torch.Tensor
+    token_weights: torch.Tensor
+    token_offsets: torch.Tensor
+
     def __init__(self, vocab_size: int, num_tokens: int, num_rows: int, dim: int) -> None:
         super().__init__()
         self.bag = nn.EmbeddingBag(max(vocab_size, 1), dim, mode="sum")

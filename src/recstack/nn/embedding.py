@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +57,7 @@ class CategoricalFields(nn.Module):
 
     def set_tables(self, tables: Sequence[TokenTable]) -> CategoricalFields:
         for bag, table in zip(self.bags, tables):
-            bag.set_tokens(table)
+            cast(FeatureBag, bag).set_tokens(table)
         return self
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
@@ -68,6 +69,8 @@ class NumericTable(nn.Module):
 
     The table [num_rows, F] is a buffer (standardised by the caller; row 0 and missing values = 0).
     """
+
+    values: torch.Tensor
 
     def __init__(self, num_rows: int, num_features: int, dim: int) -> None:
         super().__init__()

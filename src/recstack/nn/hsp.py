@@ -14,6 +14,7 @@ O(B·k·M·D·(S + E)) multiply-adds; `full_matrix()` builds the explicit matrix
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
@@ -40,7 +41,7 @@ class SumKronLinear(nn.Module):
 
     def full_matrix(self) -> torch.Tensor:
         """The explicit [M·E, S·D] matrix: y.flatten(1) = x.flatten(1) @ full_matrix().T + bias.flatten()."""
-        return sum(torch.kron(self.z[i].T, self.w[i].T) for i in range(self.z.shape[0]))
+        return cast(torch.Tensor, sum(torch.kron(self.z[i].T, self.w[i].T) for i in range(self.z.shape[0])))
 
 
 class HSP(nn.Module):

@@ -214,6 +214,8 @@ class PerTokenReLUMoE(nn.Module):
     with (G_train + G_infer) / 2 [I], inference uses G_infer alone. Experts are GELU FFNs (hidden each).
     """
 
+    coef: torch.Tensor
+
     def __init__(
         self,
         tokens: int,

@@ -87,6 +87,7 @@ class QueryFormerLayer(nn.Module):
 
     def forward(self, q: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         if self.self_attn is not None:
+            assert self.norm_self is not None  # built together with self_attn
             h = self.norm_self(q)
             q = q + self.drop(self.self_attn(h, h, h, need_weights=False)[0])
         q = q + self.drop(self.cross(self.norm_q(q), self.norm_kv(x), mask))

@@ -16,6 +16,8 @@ so a padding query never has an empty softmax row.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -134,10 +136,11 @@ class BlockReasoner(nn.Module):
             else:
                 x = torch.cat([base, *blocks], 1)
             for layer, cache in zip(self.layers, caches):
-                x = self._layer(layer, x, mask, cache if self.kv_cache else None)
+                x = self._layer(cast(TransformerBlock, layer), x, mask, cache if self.kv_cache else None)
             out = x[:, -m:]
             normed = self.norm(out)
             states.append(normed)
             if k < self.steps:
+                assert self.rpe is not None  # steps > 0
                 blocks.append(self.rpe(normed if self.feedback_norm else out, k + 1))
         return states

@@ -9,6 +9,7 @@ Padding positions are zeroed after every block so they never carry signal.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -16,6 +17,7 @@ from torch import nn
 
 from recstack.nn.attention import causal_mask
 from recstack.nn.positional import LearnedPositionalEmbedding, RelativeAttentionBias
+from recstack.nn.reproducible import LayerNorm
 
 
 class CausalSequenceEncoder(nn.Module):
@@ -31,7 +33,7 @@ class CausalSequenceEncoder(nn.Module):
         num_items: int,
         dim: int,
         max_len: int,
-        blocks: list[nn.Module],
+        blocks: Sequence[nn.Module],
         dropout: float = 0.2,
         positions: Literal["learned", "none"] = "learned",
         count_from: Literal["end", "start"] = "end",
@@ -53,7 +55,7 @@ class CausalSequenceEncoder(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(blocks)
         self.relative_bias = relative_bias
-        self.final_norm = nn.LayerNorm(dim, eps=1e-8) if final_norm else nn.Identity()
+        self.final_norm = LayerNorm(dim, eps=1e-8) if final_norm else nn.Identity()
 
     def forward(self, items: torch.Tensor, timestamps: torch.Tensor | None = None) -> torch.Tensor:
         valid = items > 0

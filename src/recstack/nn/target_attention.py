@@ -10,6 +10,7 @@ public code), and the activation is a plain one from `nn/mlp.py` (not Dice).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +32,7 @@ class TargetAttention(nn.Module):
     def logits(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """[N, T] = MLP([q, k, q - k, q * k]), with the first layer split by input block so that the
         [N, T, 4D] concatenation is never built: W [q; k; q-k; q*k] = (Wq + Wd) q + (Wk - Wd) k + Wp (q*k)."""
-        first, rest = self.score.layers[0], self.score.layers[1:]
+        first, rest = cast(nn.Linear, self.score.layers[0]), self.score.layers[1:]
         w_q, w_k, w_d, w_p = first.weight.split(query.shape[-1], dim=1)  # [H, D] each
         hidden = (
             F.linear(query, w_q + w_d, first.bias).unsqueeze(1)  # [N, 1, H]

@@ -12,6 +12,7 @@ split (coordinate ascent on page NDCG@k over a grid, ranker weights fixed). Whol
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import torch
 
@@ -54,7 +55,7 @@ def fuse_scores(
     if unknown:
         raise ConfigError(f"page.weights names task {unknown[0]!r}; the ranker's tasks are {', '.join(sorted(scores))}")
     use = weights or {task: 1.0 for task in scores}
-    fused = sum(w * scores[t] for t, w in use.items())
+    fused = cast(torch.Tensor, sum(w * scores[t] for t, w in use.items()))  # `use` is not empty
     if channel_weights and any(channel_weights.values()):
         if candidates is None or candidates.channel_scores is None:
             raise ConfigError("page.channel_weights needs merged candidates with channel_scores (merge_candidates)")
@@ -70,6 +71,7 @@ def channel_evidence(candidates: Candidates, channel_weights: dict[str, float]) 
             f"page.channel_weights names channel {unknown[0]!r}; channels: {', '.join(candidates.channel_names)}"
         )
     weights = torch.tensor([float(channel_weights.get(n, 0.0)) for n in candidates.channel_names])
+    assert candidates.channel_scores is not None, "channel_evidence needs merged candidates (channel_scores)"
     return candidates.channel_scores @ weights
 
 
@@ -93,7 +95,7 @@ def tune_page_weights(
     task_weights: dict[str, float],
     targets: Jagged,
     config: PageConfig,
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """Channel weights maximising page NDCG@k on held-out targets (one row per candidate row).
 
     Coordinate ascent: `tune_rounds` passes over the channels, each trying every grid value for one

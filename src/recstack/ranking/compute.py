@@ -37,7 +37,7 @@ import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -126,7 +126,7 @@ def batch_size_of(inputs: dict[str, Any]) -> int:
 
 
 def _scalar_loss(model: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
-    out = model.loss(inputs)
+    out = cast(Callable[[dict[str, Any]], Any], model.loss)(inputs)
     return out["loss"] if isinstance(out, dict) else out
 
 
@@ -192,7 +192,7 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
     inactive = 0
     for module in _outermost_with_activated(model):
         own = sum(p.numel() for p in module.parameters())
-        active = int(module.activated_parameters())
+        active = int(cast(Callable[[], int], module.activated_parameters)())
         if not 0 <= active <= own:
             raise ConfigError(
                 f"{type(module).__name__}.activated_parameters() = {active} is outside [0, {own}] (its parameter count)"

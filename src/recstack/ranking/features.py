@@ -181,6 +181,7 @@ class FeatureEncoder(nn.Module):
         self.user_categorical.set_tables(tables.user_tokens)
         for module, values in ((self.item_numeric, tables.item_numeric), (self.user_numeric, tables.user_numeric)):
             if module is not None:
+                assert values is not None  # the module exists only for a numeric table
                 module.values.copy_(values)
         return self
 

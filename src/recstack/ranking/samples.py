@@ -425,7 +425,7 @@ class SampleBuilder:
         m = users.numel()
         out = torch.multinomial(self.negative_probs, m * n, replacement=True, generator=generator).view(m, n)
         n_retrieved = min(round(n * self.config.retrieved_share), pool.shape[1]) if pool is not None else 0
-        if n_retrieved > 0 and m > 0:
+        if pool is not None and n_retrieved > 0 and m > 0:  # n_retrieved > 0 only with a pool
             cand = pool[users]
             keys = torch.rand(cand.shape, generator=generator).masked_fill(cand == 0, -1.0)
             top_keys, top = keys.topk(n_retrieved, dim=1)  # a random subset of the valid slots

@@ -47,7 +47,7 @@ class ScalingFit:
     @property
     def metric_at_reference(self) -> float:
         """NE_0 / AUC_0: the fitted metric at `reference_flops` (C_0)."""
-        return self.predict(self.reference_flops)
+        return float(self.predict(self.reference_flops))
 
     def predict(self, flops: float | Sequence[float] | np.ndarray) -> float | np.ndarray:
         value = self.intercept + self.slope * np.log10(np.asarray(flops, dtype=np.float64))

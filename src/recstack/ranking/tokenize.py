@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +41,9 @@ from recstack.nn.mlp import MLP
 from recstack.nn.per_token import PerTokenLinear
 from recstack.nn.target_attention import TargetAttention
 from recstack.ranking.features import FeatureEncoder
+
+if TYPE_CHECKING:
+    from recstack.nn.query_former import QueryFormer
 
 GROUPS = ("user", "item_id", "item_side", "item", "context", "sequence")
 SEQUENCE_MODES = ("target_attention", "query_former", "mean")
@@ -100,6 +103,9 @@ class FeatureTokenizer(nn.Module):
     `features` (the FeatureEncoder) is used, not owned: register it on the enclosing model.
     """
 
+    features: FeatureEncoder  # set with object.__setattr__ (not a registered child)
+    compress: TargetAttention | QueryFormer
+
     def __init__(self, features: FeatureEncoder, dim: int, config: TokenizerConfig) -> None:
         super().__init__()
         # Not registered as a child: the model that owns the encoder (RankingModel.features) holds its
@@ -151,10 +157,12 @@ class FeatureTokenizer(nn.Module):
         keys = history_vectors
         if self.config.history_event and inputs.get("history_event") is not None:
             codes = inputs["history_event"].long().clamp(0, self.config.event_vocab - 1).masked_fill(~valid, 0)
+            assert self.event is not None  # built when history_event is on
             keys = keys + self.event(codes)
         if self.config.time_buckets and inputs.get("history_time") is not None:
             seconds = inputs["history_time"].float().clamp(min=0)
             buckets = (torch.log1p(seconds) / 0.301).long().clamp(0, self.config.time_buckets - 1) + 1
+            assert self.time is not None  # built when time_buckets > 0
             keys = keys + self.time(buckets.masked_fill(~valid, 0))
         return keys
 

@@ -81,11 +81,12 @@ class AnnIndex:
         x = np.ascontiguousarray(vectors.detach().cpu().float().numpy())
         n, dim = x.shape
         cfg = self.config
+        base: faiss.Index
         if cfg.kind == "flat":
             base = faiss.IndexFlatIP(dim)
         elif cfg.kind == "hnsw":
-            base = faiss.IndexHNSWFlat(dim, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            base.hnsw.efConstruction = cfg.ef_construction
+            base = hnsw = faiss.IndexHNSWFlat(dim, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            hnsw.hnsw.efConstruction = cfg.ef_construction
         else:
             # k-means needs a few points per bucket; FAISS warns below 39 per centroid.
             self.nlist_used = max(1, min(cfg.nlist, n // 39))
@@ -100,6 +101,7 @@ class AnnIndex:
         return self
 
     def _apply_search_parameters(self) -> None:
+        assert self.index is not None  # called right after build / load set it
         space = faiss.ParameterSpace()
         if self.config.kind == "hnsw":
             space.set_index_parameter(self.index, "efSearch", self.config.ef_search)

@@ -55,7 +55,7 @@ def merge_candidates(
     batch = next(iter(sizes.values()))
 
     names: list[str] = []
-    items, scores, masks, evidence = [], [], [], []
+    item_parts, score_parts, mask_parts, evidence = [], [], [], []
     for key, cands in channel_candidates.items():
         quota = quotas.get(key, cands.k)
         if quota < 0:
@@ -73,13 +73,13 @@ def merge_candidates(
         # An already merged input brings its own per-channel evidence; a plain channel has one column.
         own = cands.channel_scores[:, :quota] if cands.channel_scores is not None else reciprocal_rank.unsqueeze(-1)
         evidence.append((own, [names.index(name) for name in own_names]))
-        items.append(top_items)
-        scores.append(top_scores)
-        masks.append(mask)
+        item_parts.append(top_items)
+        score_parts.append(top_scores)
+        mask_parts.append(mask)
     if len(names) > 63:
         raise DataError(f"merge_candidates: {len(names)} channel names do not fit a 63-bit tag mask")
 
-    items, scores, masks = torch.cat(items, 1), torch.cat(scores, 1), torch.cat(masks, 1)
+    items, scores, masks = torch.cat(item_parts, 1), torch.cat(score_parts, 1), torch.cat(mask_parts, 1)
     width = int(items.max()) + 1 if items.numel() else 1
     rows = torch.arange(batch).unsqueeze(1).expand_as(items)
     position = torch.arange(items.shape[1]).unsqueeze(0).expand_as(items)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import polars as pl
@@ -68,7 +69,7 @@ class Popular(Retriever):
         """First timestamp inside the window, or None for no window."""
         if self.config.window is None and self.config.window_days is None:
             return None
-        first, last = float(train["timestamp"].min()), float(train["timestamp"].max())
+        first, last = float(cast(float, train["timestamp"].min())), float(cast(float, train["timestamp"].max()))
         if self.config.window is not None:
             return last - self.config.window * (last - first)
         if dataset.meta.get("timestamp_kind") == "order":
@@ -76,6 +77,7 @@ class Popular(Retriever):
                 f"window_days: dataset {dataset.name!r} has order positions, not times; "
                 "use window (a fraction of the time range) instead"
             )
+        assert self.config.window_days is not None  # one of window / window_days is set (checked above)
         return last - self.config.window_days * SECONDS_PER_DAY
 
     def score_all(self, batch: UserBatch) -> torch.Tensor:

@@ -117,15 +117,15 @@ class Swing(I2IRetriever):
         triples = np.cumsum(col_lengths * (col_lengths - 1) // 2)
         cuts = np.searchsorted(triples, np.arange(_TRIPLES_PER_BLOCK, triples[-1], _TRIPLES_PER_BLOCK))
         bounds = np.unique(np.concatenate([[0], cuts, [width]]))
-        pair_ids, pair_items = [], []
+        id_parts, item_parts = [], []
         for start, stop in itertools.pairwise(bounds):  # loop over item blocks, vectorised inside
             u, v, items = _item_pair_triples(by_item, int(start), int(stop))
             keys = u * num_users + v
             slot = np.minimum(np.searchsorted(pair_keys, keys), len(pair_keys) - 1)
             hit = pair_keys[slot] == keys
-            pair_ids.append(slot[hit])
-            pair_items.append(items[hit])
-        pair_ids, pair_items = np.concatenate(pair_ids), np.concatenate(pair_items)
+            id_parts.append(slot[hit])
+            item_parts.append(items[hit])
+        pair_ids, pair_items = np.concatenate(id_parts), np.concatenate(item_parts)
         common = sp.csr_matrix(
             (np.ones(len(pair_ids), np.float32), (pair_ids, pair_items)), shape=(len(pair_keys), width)
         )

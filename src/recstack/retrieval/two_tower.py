@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -36,7 +36,15 @@ from recstack.nn.mlp import MLP
 from recstack.registry import register
 from recstack.retrieval.ann import AnnConfig, AnnIndex
 from recstack.retrieval.base import Retriever
-from recstack.train import CallableBatchSource, TrainConfig, Trainer, load_weights, save_weights, seed_everything
+from recstack.train import (
+    CallableBatchSource,
+    TrainConfig,
+    Trainer,
+    TrainResult,
+    load_weights,
+    save_weights,
+    seed_everything,
+)
 
 
 @dataclass
@@ -103,6 +111,8 @@ def sampled_logits(
 
 
 class TwoTowerModel(nn.Module):
+    log_q: torch.Tensor  # buffer [num_items + 1]
+
     def __init__(
         self,
         config: TwoTowerConfig,
@@ -122,7 +132,7 @@ class TwoTowerModel(nn.Module):
             self.position = nn.Embedding(config.max_history, d)
             self.query = nn.Parameter(torch.randn(d) * d**-0.5)
         user_in = d * (1 + (self.user_embedding is not None) + (self.user_features is not None))
-        mlp = dict(hidden=config.hidden, dropout=config.dropout, layer_norm=config.layer_norm)
+        mlp: dict[str, Any] = dict(hidden=config.hidden, dropout=config.dropout, layer_norm=config.layer_norm)
         self.user_mlp, self.item_mlp = MLP(user_in, out_dim=d, **mlp), MLP(d, out_dim=d, **mlp)
         self.register_buffer("log_q", torch.zeros(num_items + 1))  # log train frequency, for in-batch logQ
         for embedding in (self.item_embedding, self.user_embedding):
@@ -200,7 +210,7 @@ class TwoTower(Retriever):
         self.config = config or TwoTowerConfig()
         self.model: TwoTowerModel | None = None
         self.ann: AnnIndex | None = None
-        self.train_result = None
+        self.train_result: TrainResult | None = None
         self.feature_columns: dict[str, list[str]] = {"item": [], "user": []}
         self._item_vectors: torch.Tensor | None = None  # [num_items + 1, D] cache, row 0 = zeros
         self._fitting = False
@@ -230,6 +240,7 @@ class TwoTower(Retriever):
         model = TwoTowerModel(cfg, dataset.num_users, dataset.num_items, shapes["item"], shapes["user"])
         for bag, table in ((model.item_features, tables["item"]), (model.user_features, tables["user"])):
             if bag is not None:
+                assert table is not None  # a bag is built only for a table
                 bag.set_tokens(table)
         counts = dataset.item_popularity("train")
         model.log_q.copy_(torch.log(counts.clamp(min=1.0) / counts.sum()))

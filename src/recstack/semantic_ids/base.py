@@ -192,6 +192,7 @@ class Quantizer:
         """LongTensor[N, levels] -> FloatTensor[N, D] reconstruction."""
         where = f"{self.name}.decode"
         self._require_fitted(where)
+        assert self.dim is not None
         codes = self.check_codes(codes, where)
         step = self.config.chunk_size
         out = torch.empty(codes.shape[0], self.dim, dtype=torch.float32)

@@ -139,6 +139,7 @@ class ResKMeansFSQ(Quantizer):
     """[N, D] -> codes [N, kmeans_levels + 1]; the last column is the FSQ code."""
 
     name = "res_kmeans_fsq"
+    config: ResKMeansFSQConfig
 
     def __init__(self, config: ResKMeansFSQConfig | None = None) -> None:
         super().__init__(config or ResKMeansFSQConfig())

@@ -184,7 +184,8 @@ def fit_kmeans(x: torch.Tensor, k: int, config: KMeansConfig, seed: int) -> KMea
     n, d = x.shape
     generator = torch.Generator().manual_seed(seed)
     data = np.ascontiguousarray(x.numpy(), dtype=np.float32)
-    best_obj, centroids = math.inf, None
+    best_obj = math.inf
+    centroids: torch.Tensor | None = None
     for run in range(config.nredo):
         km = faiss.Kmeans(
             d,
@@ -201,14 +202,17 @@ def fit_kmeans(x: torch.Tensor, k: int, config: KMeansConfig, seed: int) -> KMea
             sample = torch.randperm(n, generator=generator)[: min(n, config.init_sample_per_centroid * k)]
             init = kmeans_plus_plus(x[sample], k, generator, config.kmeanspp_trials).numpy()
         km.train(data, init_centroids=init)
-        if float(km.obj[-1]) < best_obj:
-            best_obj, centroids = float(km.obj[-1]), torch.from_numpy(km.centroids.copy())
+        objective, trained = km.obj, km.centroids
+        assert objective is not None and trained is not None  # set by train
+        if float(objective[-1]) < best_obj:
+            best_obj, centroids = float(objective[-1]), torch.from_numpy(trained.copy())
+    assert centroids is not None, "faiss.Kmeans returned no finite objective"
     bias = torch.zeros(k)
     if config.balance != "none":
         train = x[torch.randperm(n, generator=generator)[: min(n, config.max_points_per_centroid * k)]]
-        bias = None  # each round warm-starts from the previous prices: the centroids move little
+        prices = None  # each round warm-starts from the previous prices: the centroids move little
         for _ in range(config.balance_iters):
-            bias = balance_bias(train, centroids, config, bias)
-            centroids = cluster_means(train, assign(train, centroids, bias), centroids)
-        bias = balance_bias(train, centroids, config, bias)
+            prices = balance_bias(train, centroids, config, prices)
+            centroids = cluster_means(train, assign(train, centroids, prices), centroids)
+        bias = balance_bias(train, centroids, config, prices)
     return KMeansResult(centroids, bias)

@@ -169,6 +169,7 @@ class RQGMM(Quantizer):
     log_weights.l [K], means.l [K, D], variances.l [K, D]."""
 
     name = "rq_gmm"
+    config: RQGMMConfig
 
     def __init__(self, config: RQGMMConfig | None = None) -> None:
         super().__init__(config or RQGMMConfig())
@@ -242,6 +243,7 @@ class RQGMM(Quantizer):
         return codes
 
     def _decode_chunk(self, codes: torch.Tensor) -> torch.Tensor:
+        assert self.dim is not None  # decode checks the quantizer is fitted
         out = torch.zeros(codes.shape[0], self.dim, dtype=torch.float64)
         for level in range(self.levels):
             out += self.tensors[f"center.{level}"].double() + self.tensors[f"means.{level}"][codes[:, level]]

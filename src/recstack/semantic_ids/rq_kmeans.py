@@ -111,6 +111,7 @@ class RQKMeans(Quantizer):
     """Residual K-means quantizer: [N, D] -> codes [N, levels], each in [0, codebook_size)."""
 
     name = "rq_kmeans"
+    config: RQKMeansConfig
 
     def __init__(self, config: RQKMeansConfig | None = None) -> None:
         super().__init__(config or RQKMeansConfig())

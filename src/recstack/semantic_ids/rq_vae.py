@@ -89,6 +89,7 @@ class RQVAE(Quantizer):
     """[N, D] -> codes [N, levels]; decode runs the decoder on the summed codewords."""
 
     name = "rq_vae"
+    config: RQVAEConfig
 
     def __init__(self, config: RQVAEConfig | None = None) -> None:
         super().__init__(config or RQVAEConfig())
@@ -98,6 +99,10 @@ class RQVAE(Quantizer):
     @property
     def codebook_sizes(self) -> list[int]:
         return [self.config.codebook_size] * self.config.levels
+
+    def _fitted_net(self) -> RQVAENet:
+        assert self.net is not None, "rq_vae: the network is built by fit / load"
+        return self.net
 
     def _build(self, dim: int) -> RQVAENet:
         c = self.config
@@ -141,7 +146,7 @@ class RQVAE(Quantizer):
 
     @torch.no_grad()
     def _kmeans_init(self, batch: torch.Tensor) -> None:
-        net = self.net
+        net = self._fitted_net()
         residual = net.encoder(batch)
         for level in range(self.config.levels):
             result = fit_kmeans(
@@ -155,22 +160,26 @@ class RQVAE(Quantizer):
         """Re-seed dead codes [L, K] (bool) at the level residuals of random items."""
         needed = int(dead.sum(1).max())
         sample = x[torch.randperm(x.shape[0], generator=generator)[:needed]]
-        _, _, _, residuals = self.net.quantize(self.net.encoder(sample))
+        net = self._fitted_net()
+        _, _, _, residuals = net.quantize(net.encoder(sample))
         for level in range(self.config.levels):
             slots = torch.nonzero(dead[level]).flatten()
-            self.net.codebooks[level, slots] = residuals[level][: slots.numel()]
+            net.codebooks[level, slots] = residuals[level][: slots.numel()]
 
     def _encode_chunk(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.quantize(self.net.encoder(x))[0]
+        net = self._fitted_net()
+        return net.quantize(net.encoder(x))[0]
 
     def _decode_chunk(self, codes: torch.Tensor) -> torch.Tensor:
+        net = self._fitted_net()
         levels = torch.arange(self.levels)
-        return self.net.decoder(self.net.codebooks[levels, codes].sum(1))
+        return net.decoder(net.codebooks[levels, codes].sum(1))
 
     def _state(self) -> tuple[dict[str, torch.Tensor], dict]:
-        return {k: v.detach() for k, v in self.net.state_dict().items()}, {"loss_history": self.history}
+        return {k: v.detach() for k, v in self._fitted_net().state_dict().items()}, {"loss_history": self.history}
 
     def _load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        assert self.dim is not None  # Quantizer.load sets dim first
         self.net = self._build(self.dim)
         self.net.load_state_dict(tensors)
         self.net.eval()

@@ -7,8 +7,9 @@ With WORLD_SIZE unset or 1 every collective is a no-op, so single-process code p
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -124,4 +125,4 @@ class LossForward(nn.Module):
         self.model = model
 
     def forward(self, batch: Any) -> Any:
-        return self.model.loss(batch)
+        return cast(Callable[[Any], Any], self.model.loss)(batch)

@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -132,7 +132,8 @@ class Trainer:
         seed_everything(cfg.seed + dist.rank)
         steps = [self._steps_in_epoch(e) for e in range(cfg.epochs)]
         schedule = WarmupCosine(cfg.lr, sum(steps), cfg.warmup_for(sum(steps)), cfg.min_lr_ratio)
-        best, history = _Best(), []
+        best = _Best()
+        history: list[dict[str, Any]] = []
         start, stopped_early, finished = 0, False, False
         if cfg.resume:
             start, stopped_early, finished = self._resume(best, history)
@@ -195,7 +196,8 @@ class Trainer:
             lr = schedule.apply(self.optimizer, self.global_step)
             with autocast:
                 batch = move_to_device(batch, self.device)
-                losses = _loss_dict(net(batch) if net is not None else model.loss(batch), self.device)
+                output = net(batch) if net is not None else cast(Callable[[Any], Any], model.loss)(batch)
+                losses = _loss_dict(output, self.device)
             self.optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             if cfg.grad_clip > 0:
@@ -277,6 +279,7 @@ class Trainer:
             return
         rng_by_rank = self.dist.gather_objects(capture_rng_state(self.device))
         if self.dist.is_main:
+            assert rng_by_rank is not None  # gathered on the main rank
             state = {
                 "epoch": epoch,
                 "global_step": self.global_step,
@@ -320,7 +323,7 @@ class Trainer:
         best_folder = find_checkpoint(root / BEST)
         # A best/ newer than last/ (crash between the two writes) is ignored: that epoch is retrained.
         best_epoch_on_disk = read_json(best_folder / "state.json").get("epoch") if best_folder else None
-        if best.epoch is not None and best_epoch_on_disk == best.epoch:
+        if best_folder is not None and best.epoch is not None and best_epoch_on_disk == best.epoch:
             best.weights, _ = read_weights(self.model, best_folder / "model.safetensors")
         if rng is not None:
             restore_rng_state(rng, self.device)

@@ -42,7 +42,7 @@ class LogsMixin:
 
     # ---- request sampling ----------------------------------------------------------------------
     @cached_property
-    def _samplers(self: World) -> _Samplers:
+    def _samplers(self: World) -> _Samplers:  # type: ignore[misc]
         by_topic = np.argsort(self.item_topic, kind="stable")
         topics = np.arange(self.num_topics)
         stride = max(1, round(0.618 * self.num_items))
@@ -59,7 +59,7 @@ class LogsMixin:
             random_stride=stride,
         )
 
-    def sample_items_in_topics(self: World, topics: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def sample_items_in_topics(self: World, topics: np.ndarray, rng: np.random.Generator) -> np.ndarray:  # type: ignore[misc]
         """One item per entry of `topics` [...], drawn by popularity within that topic (any item if empty)."""
         s = self._samplers
         begin, end = s.topic_begin[topics], s.topic_end[topics]
@@ -69,18 +69,18 @@ class LogsMixin:
         draw = low + rng.random(topics.shape) * (s.by_topic_cdf[end - 1] - low)
         return s.by_topic[np.clip(_searchsorted(s.by_topic_cdf, draw), begin, end - 1)]
 
-    def sample_popular_items(self: World, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    def sample_popular_items(self: World, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:  # type: ignore[misc]
         """Items [shape] drawn by popularity prior."""
         return _draw(self._samplers.popularity_cdf, rng.random(shape))
 
-    def sample_requests(self: World, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def sample_requests(self: World, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[misc]
         """Users (by activity) and scenario codes (by scenario share) of `count` requests."""
         return _draw(self._samplers.activity_cdf, rng.random(count)), _draw(
             self._samplers.scenario_cdf, rng.random(count)
         )
 
     # ---- impression logs -----------------------------------------------------------------------
-    def iter_log_chunks(self: World, num_interactions: int | None = None) -> Iterator[pl.DataFrame]:
+    def iter_log_chunks(self: World, num_interactions: int | None = None) -> Iterator[pl.DataFrame]:  # type: ignore[misc]
         """Interaction frames of about `chunk_size` rows: user, item, timestamp, scenario, event,
         position (Int16), request (Int64), click, like, long_view, purchase (Int8)."""
         cfg, k = self.config, self.config.page_size
@@ -120,12 +120,12 @@ class LogsMixin:
                 }
             )
 
-    def generate_logs(self: World, num_interactions: int | None = None) -> RawTables:
+    def generate_logs(self: World, num_interactions: int | None = None) -> RawTables:  # type: ignore[misc]
         """Impression logs (rounded up to whole pages) with the items and users tables."""
         frame = pl.concat(list(self.iter_log_chunks(num_interactions)), rechunk=True)
         return self._tables("world", frame, list(TASKS))
 
-    def write_logs_parquet(self: World, path: str | Path, num_interactions: int | None = None) -> Path:
+    def write_logs_parquet(self: World, path: str | Path, num_interactions: int | None = None) -> Path:  # type: ignore[misc]
         """Stream the impression logs chunk by chunk into one Parquet file (written atomically)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -137,6 +137,7 @@ class LogsMixin:
                 if writer is None:
                     writer = pq.ParquetWriter(temp, table.schema)
                 writer.write_table(table)
+            assert writer is not None  # total > 0: at least one chunk
             writer.close()
             writer = None
             os.replace(temp, path)
@@ -147,7 +148,7 @@ class LogsMixin:
             raise
         return path
 
-    def logging_policy(
+    def logging_policy(  # type: ignore[misc]
         self: World, users: np.ndarray, scenarios: np.ndarray, times: np.ndarray, rng: np.random.Generator
     ) -> np.ndarray:
         """Pages [B, K] from a pool of personalised, popular and random candidates, best logging score first."""
@@ -178,7 +179,7 @@ class LogsMixin:
         return np.take_along_axis(pool, top, axis=1)
 
     # ---- sequence logs -------------------------------------------------------------------------
-    def generate_sequences(self: World, num_users: int | None = None, mean_length: int | None = None) -> RawTables:
+    def generate_sequences(self: World, num_users: int | None = None, mean_length: int | None = None) -> RawTables:  # type: ignore[misc]
         """Positive events only (label `view` = 1): per user, items chosen one after another by a
         softmax (temperature `sequence_temperature`) over true click logits at the event time, without
         repeats. Users are 0..num_users-1; lengths vary around `mean_length` (at least 5)."""
@@ -224,7 +225,7 @@ class LogsMixin:
         )
         return self._tables("world_sequences", frame, ["view"])
 
-    def _tables(self: World, name: str, interactions: pl.DataFrame, labels: list[str]) -> RawTables:
+    def _tables(self: World, name: str, interactions: pl.DataFrame, labels: list[str]) -> RawTables:  # type: ignore[misc]
         return RawTables(
             name,
             interactions,

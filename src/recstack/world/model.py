@@ -242,7 +242,8 @@ def _raw_ids(prefix: str, count: int) -> pl.Series:
 def _pseudo_words(rng: np.random.Generator, num_topics: int, per_topic: int) -> list[list[str]]:
     """Distinct pronounceable words, `per_topic` for each topic (runs once per world, not a hot path)."""
     consonants, vowels = "bcdfghjklmnprstvz", "aeiou"
-    needed, words = num_topics * per_topic, {}  # a dict keeps first-seen order: deterministic
+    needed = num_topics * per_topic
+    words: dict[str, None] = {}  # a dict keeps first-seen order: deterministic
     while len(words) < needed:
         syllables = rng.integers(2, 4, size=needed)
         letters = rng.integers(0, 85, size=(needed, 3))

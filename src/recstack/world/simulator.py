@@ -31,7 +31,7 @@ _MAX_SCORE_CELLS = 4_000_000  # users × items scored at once when ranking the w
 class SimulatorMixin:
     """Methods of World that answer pages; `self` is a World."""
 
-    def stage_probabilities(
+    def stage_probabilities(  # type: ignore[misc]
         self: World, users: np.ndarray, pages: np.ndarray | None, scenario, time
     ) -> dict[str, np.ndarray]:
         """Conditional stage probabilities [B, K] ([B, N] with pages=None, then without position bias):
@@ -62,12 +62,12 @@ class SimulatorMixin:
             "purchase": _sigmoid(purchase_logit),
         }
 
-    def expected_engagement(self: World, users: np.ndarray, pages: np.ndarray, scenario, time) -> dict[str, np.ndarray]:
+    def expected_engagement(self: World, users: np.ndarray, pages: np.ndarray, scenario, time) -> dict[str, np.ndarray]:  # type: ignore[misc]
         """Ground-truth marginal probabilities [B, K] of click, like, long_view and purchase for
         `users` [B] shown `pages` [B, K] (world item ids, column = position) in `scenario` at unix `time`."""
         return _marginals(self.stage_probabilities(users, pages, scenario, time))
 
-    def feedback(
+    def feedback(  # type: ignore[misc]
         self: World, users: np.ndarray, pages: np.ndarray, scenario, time, rng: np.random.Generator
     ) -> dict[str, np.ndarray]:
         """Sampled labels (Int8 [B, K]) click, like, long_view, purchase, drawn with `rng`;
@@ -80,7 +80,7 @@ class SimulatorMixin:
         purchase = (like | long_view) & (rng.random(shape) < stage["purchase"])
         return {name: value.astype(np.int8) for name, value in zip(TASKS, (click, like, long_view, purchase))}
 
-    def page_value(
+    def page_value(  # type: ignore[misc]
         self: World,
         users: np.ndarray,
         pages: np.ndarray,
@@ -98,7 +98,7 @@ class SimulatorMixin:
             start=np.zeros(len(expected["click"])),
         )
 
-    def item_values(
+    def item_values(  # type: ignore[misc]
         self: World, users: np.ndarray, weights: dict[str, float] | None = None, scenario=None, time=None
     ) -> np.ndarray:
         """Expected weighted engagement of every item at the top position [B, N] (no position bias)."""
@@ -116,7 +116,7 @@ class SimulatorMixin:
             values[part] = sum(weight * expected[task] for task, weight in weights.items())
         return values
 
-    def oracle_pages(
+    def oracle_pages(  # type: ignore[misc]
         self: World,
         users: np.ndarray,
         page_size: int | None = None,
@@ -132,7 +132,7 @@ class SimulatorMixin:
         order = np.argsort(-np.take_along_axis(values, top, axis=1), axis=1, kind="stable")
         return np.take_along_axis(top, order, axis=1)
 
-    def random_pages(self: World, count: int, rng: np.random.Generator, page_size: int | None = None) -> np.ndarray:
+    def random_pages(self: World, count: int, rng: np.random.Generator, page_size: int | None = None) -> np.ndarray:  # type: ignore[misc]
         """Uniformly random pages [count, K] of distinct items (a baseline for page metrics)."""
         k = page_size or self.config.page_size
         return (
@@ -142,7 +142,7 @@ class SimulatorMixin:
         )
 
     # ---- ids and checks --------------------------------------------------------------------------
-    def scenario_codes(self: World, scenario, batch: int) -> np.ndarray:
+    def scenario_codes(self: World, scenario, batch: int) -> np.ndarray:  # type: ignore[misc]
         """Scenario name / index / array of either -> int codes [batch]."""
         values = np.broadcast_to(np.asarray(scenario), (batch,))
         if values.dtype.kind in "iu":
@@ -157,7 +157,7 @@ class SimulatorMixin:
             raise DataError(f"unknown scenario {unknown[0]!r}; known: {', '.join(self.scenarios)}")
         return np.array([lookup[n] for n in names], dtype=np.int64)[inverse]
 
-    def check_users(self: World, users: np.ndarray) -> np.ndarray:
+    def check_users(self: World, users: np.ndarray) -> np.ndarray:  # type: ignore[misc]
         users = np.asarray(users)
         if users.ndim != 1 or users.dtype.kind not in "iu":
             raise DataError(f"users must be a 1-d integer array, got shape {users.shape} dtype {users.dtype}")
@@ -165,7 +165,7 @@ class SimulatorMixin:
             raise DataError(f"users: id out of range 0..{self.num_users - 1}")
         return users
 
-    def check_items(self: World, items: np.ndarray, name: str, ndim: int, batch: int | None = None) -> np.ndarray:
+    def check_items(self: World, items: np.ndarray, name: str, ndim: int, batch: int | None = None) -> np.ndarray:  # type: ignore[misc]
         items = np.asarray(items)
         if items.ndim != ndim or items.dtype.kind not in "iu" or (batch is not None and items.shape[0] != batch):
             raise DataError(
@@ -176,21 +176,21 @@ class SimulatorMixin:
             raise DataError(f"{name}: item id out of range 0..{self.num_items - 1}")
         return items
 
-    def item_raw_ids(self: World, items: np.ndarray) -> np.ndarray:
+    def item_raw_ids(self: World, items: np.ndarray) -> np.ndarray:  # type: ignore[misc]
         """World item ids [...] -> raw ids "i<id>" (object array, same shape)."""
         items = self.check_items(np.asarray(items), "items", np.ndim(items))
         return self.item_raw.gather(items.ravel()).to_numpy().reshape(items.shape)
 
-    def user_raw_ids(self: World, users: np.ndarray) -> np.ndarray:
+    def user_raw_ids(self: World, users: np.ndarray) -> np.ndarray:  # type: ignore[misc]
         """World user ids [B] -> raw ids "u<id>" (object array)."""
         users = self.check_users(np.asarray(users).ravel())
         return self.user_raw.gather(users).to_numpy()
 
-    def item_ids(self: World, raw) -> np.ndarray:
+    def item_ids(self: World, raw) -> np.ndarray:  # type: ignore[misc]
         """Raw ids "i<id>" -> world item ids (int64); a malformed or unknown id is a DataError."""
         return _parse_ids(raw, "i", self.num_items, "item")
 
-    def user_ids(self: World, raw) -> np.ndarray:
+    def user_ids(self: World, raw) -> np.ndarray:  # type: ignore[misc]
         """Raw ids "u<id>" -> world user ids (int64)."""
         return _parse_ids(raw, "u", self.num_users, "user")
 

@@ -24,7 +24,7 @@ add_plugin_modules(
     "source",
     [
         f"recstack.data.sources.{module}"
-        for module in ("movielens", "amazon", "recbole", "minionerec", "kuai", "generic")
+        for module in ("movielens", "amazon", "recbole", "minionerec", "kuai", "generic", "world")
     ],
 )
 
@@ -36,7 +36,7 @@ def source(name: str) -> Callable[[SourceLoader], SourceLoader]:
 
 def get_source(name: str) -> SourceLoader:
     """The loader registered as `name`; ConfigError listing the known sources otherwise."""
-    return lookup("source", name).cls  # type: ignore[return-value]
+    return lookup("source", name).cls
 
 
 def source_names() -> list[str]:

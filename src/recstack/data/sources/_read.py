@@ -9,12 +9,16 @@ from __future__ import annotations
 import gzip
 import io
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from recstack.errors import DataError
+
+if TYPE_CHECKING:
+    from polars._typing import PolarsDataType  # a dtype class (pl.Int64) or instance (pl.List(pl.String))
 
 _SPLIT_CHAR = "\x1f"  # ASCII unit separator: stands in for multi-character separators such as "::"
 
@@ -59,7 +63,7 @@ def read_table(
     path: Path,
     *,
     separator: str,
-    dtypes: dict[str, pl.DataType],
+    dtypes: Mapping[str, PolarsDataType],
     names: list[str] | None = None,
     required: Iterable[str] = (),
     quoted: bool = False,
@@ -78,9 +82,10 @@ def read_table(
     needs_bytes = len(separator) > 1 or encoding != "utf8" or path.suffix == ".gz"
     source: Path | bytes = read_bytes(path, encoding) if needs_bytes else require_file(path)
     if len(separator) > 1:
+        assert isinstance(source, bytes)  # needs_bytes
         source = source.replace(separator.encode(), _SPLIT_CHAR.encode())
     sep = _SPLIT_CHAR if len(separator) > 1 else separator
-    options = dict(
+    options: dict[str, Any] = dict(
         separator=sep,
         quote_char='"' if quoted else None,
         has_header=names is None,
@@ -130,9 +135,9 @@ def _as_source(source: Path | bytes) -> Path | io.BytesIO:
 def _locate_parse_error(
     path: Path,
     source: Path | bytes,
-    options: dict,
+    options: dict[str, Any],
     names: list[str] | None,
-    typed: dict[str, pl.DataType],
+    typed: dict[str, PolarsDataType],
     first_line: int,
     separator: str,
     exc: Exception,
@@ -187,7 +192,7 @@ def read_lines(path: Path, encoding: str = "utf8") -> pl.DataFrame:
     return frame
 
 
-def read_ndjson(path: Path, schema: dict[str, pl.DataType], required: Iterable[str] = ()) -> pl.DataFrame:
+def read_ndjson(path: Path, schema: Mapping[str, PolarsDataType], required: Iterable[str] = ()) -> pl.DataFrame:
     """JSON-lines file (optionally .gz) with the given fields; extra fields are ignored.
 
     A field declared Utf8 keeps a list/object value as its JSON text (see `json_text_to_text`).

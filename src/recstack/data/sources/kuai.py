@@ -19,7 +19,7 @@ Both accept the release folder or its `data/` subfolder.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import polars as pl
 
@@ -127,7 +127,7 @@ def load_kuairec(
     if missing.any():
         if missing_time == "error":
             raise DataError(
-                f"{matrix_path}: line {frame['_line'][int(missing.arg_max())]}: missing timestamp "
+                f"{matrix_path}: line {frame['_line'][int(cast(int, missing.arg_max()))]}: missing timestamp "
                 f"({int(missing.sum())} rows); pass missing_time='drop' to remove them"
             )
         extra["dropped_missing_time"] = int(missing.sum())

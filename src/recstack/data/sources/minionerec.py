@@ -134,5 +134,5 @@ def _read_semantic_ids(path: Path) -> dict[str, list[int]]:
         matches = [_CODE.match(t) if isinstance(t, str) else None for t in (tokens if isinstance(tokens, list) else [])]
         if not matches or not all(matches):
             raise DataError(f'{path}: item {item!r}: expected a list like ["<a_12>", "<b_3>"], got {tokens!r}')
-        codes[item] = [int(m.group(1)) for m in matches]
+        codes[item] = [int(m.group(1)) for m in matches if m is not None]  # all matched (checked above)
     return codes

@@ -18,6 +18,7 @@ kept in `split`; timestamps are positions (`timestamp_kind="order"`).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal, cast
 
 import polars as pl
 
@@ -77,7 +78,7 @@ def load_recbole(
         if key not in inter.columns:
             raise DataError(f"{inter_path}: missing column {dict(zip(renames.values(), renames))[key]!r}")
     labels = [f for f, k in types.items() if k == "float" and f not in ("timestamp", "user", "item")]
-    timestamp_kind = "order"
+    timestamp_kind: Literal["unix_seconds", "unix_ms", "order"] = "order"
     if "timestamp" in inter.columns:
         timestamp_kind, stamps = _timestamps(inter, inter_path)
         inter = inter.with_columns(timestamp=stamps)
@@ -107,10 +108,10 @@ def _dataset_name(folder: Path) -> str:
     return stems.pop()
 
 
-def _timestamps(inter: pl.DataFrame, path: Path) -> tuple[str, pl.Series]:
+def _timestamps(inter: pl.DataFrame, path: Path) -> tuple[Literal["unix_seconds", "unix_ms"], pl.Series]:
     stamps = inter["timestamp"]
     if stamps.null_count() or stamps.is_nan().any():
-        row = int((stamps.is_null() | stamps.is_nan()).arg_max())
+        row = int(cast(int, (stamps.is_null() | stamps.is_nan()).arg_max()))
         raise DataError(f"{path}: line {inter['_line'][row]}: missing timestamp")
     if (stamps.round(0) == stamps).all():
         return "unix_seconds", stamps.cast(pl.Int64)
@@ -161,7 +162,7 @@ def _load_sequential(folder: Path, name: str, renames: dict[str, str]) -> RawTab
 def _positions(samples: pl.DataFrame, origin: str) -> pl.DataFrame:
     """Position of each sample's target in its user's full sequence (see module docstring)."""
     samples = samples.with_columns(length=pl.col("history").list.len().cast(pl.Int64))
-    longest = int(samples["length"].max())
+    longest = int(cast(int, samples["length"].max()))
     train = samples.filter(pl.col("split") == "train").sort("_line")
     steps = train.filter(pl.col("length") < longest).select(pl.col("length").diff().over("user"))["length"]
     descending = bool((steps < 0).sum() > (steps > 0).sum())  # UniSRec lists the longest prefix first

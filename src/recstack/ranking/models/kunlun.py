@@ -38,8 +38,9 @@ Speed switches with identical results: `trim_padding` (drop all-padding history 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
@@ -150,6 +151,7 @@ class KunlunStream(nn.Module):
 
     def __init__(self, s: EventStreamConfig, c: KunlunConfig, item_dim: int) -> None:
         super().__init__()
+        assert s.dim is not None  # KunlunConfig.__post_init__ fills it
         self.codes, self.max_len = list(s.codes), s.max_len
         self.schedule = stream_schedule(s.layers or c.layers, c.compskip)
         self.input = nn.Linear(item_dim, s.dim)
@@ -248,11 +250,14 @@ class Kunlun(RankingModel):
         hist = self.features.item_vectors(history)  # [N, T, item_dim]
         valid, times, events = history > 0, inputs.get("history_time"), inputs.get("history_event")
         # a loop over event types (a handful), not over events: name -> [tokens, valid, phases, summary]
-        state = {n: [*stream.prepare(hist, valid, times, events, c), None] for n, stream in self.streams.items()}
+        streams = cast(Mapping[str, KunlunStream], self.streams)  # a ModuleDict of KunlunStream
+        state: dict[str, list[Any]] = {
+            n: [*stream.prepare(hist, valid, times, events, c), None] for n, stream in streams.items()
+        }
         for layer in range(c.layers):
             normed = self.norms[layer](x) if c.norm_first else x
             x_sum = self.summary_mlp[layer](torch.einsum("nfd,fs->nsd", normed, self.token_mix[layer]))
-            for name, stream in self.streams.items():
+            for name, stream in streams.items():
                 tokens, keep_s, phases, summary = state[name]
                 if layer < len(stream.schedule):
                     width = min(stream.max_len or valid.shape[1], valid.shape[1])  # before trimming

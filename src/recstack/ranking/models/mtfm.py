@@ -144,6 +144,7 @@ def per_scenario(modules: nn.ModuleList, x: torch.Tensor, scenario: torch.Tensor
         y = module(x[rows])
         out = y.new_zeros(x.shape[0], *y.shape[1:]) if out is None else out
         out[rows] = y
+    assert out is not None  # at least two modules
     return out
 
 

@@ -35,7 +35,7 @@ Our interpretations [I] (each a flag):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -156,6 +156,10 @@ class OnePiece(RankingModel):
     """inputs: users, items [N]; history [N, T]; optional scenario, history_event, history_time,
     request_time, setwise_group [N] (rows of one candidate group) -> {task: logits [N]}."""
 
+    anchor_codes: torch.Tensor  # buffers
+    item_category: torch.Tensor
+    category_top: torch.Tensor
+
     def __init__(
         self,
         features: FeatureEncoder,
@@ -244,6 +248,7 @@ class OnePiece(RankingModel):
         sd_valid = [torch.ones(g, dtype=torch.bool, device=ids.device)]
         scenario = ctx.get("scenario")
         if self.scenario is not None:
+            assert self.features.scenario is not None  # self.scenario is built on the scenario embedding
             codes = (
                 scenario.clamp(0, self.features.scenario.num_embeddings - 1)
                 if scenario is not None
@@ -254,7 +259,7 @@ class OnePiece(RankingModel):
         if self.cfg.request_time_token:
             seconds = ctx.get("request_time")
             on = seconds is not None
-            seconds = seconds.double() if on else torch.zeros(g, dtype=torch.double, device=ids.device)
+            seconds = seconds.double() if seconds is not None else torch.zeros(g, dtype=torch.double, device=ids.device)
             hour, day = (seconds // 3600 % 24).long() + 1, (seconds // 86400 % 7).long() + 1
             sd.append(self.hour(hour * on) + self.weekday(day * on))
             sd_valid.append(torch.full((g,), on, dtype=torch.bool, device=ids.device))
@@ -322,7 +327,7 @@ class OnePieceRanker(Ranker):
     def fit(self, dataset, candidates=None) -> OnePieceRanker:
         self._dataset = dataset
         try:
-            return super().fit(dataset, candidates)
+            return cast(OnePieceRanker, super().fit(dataset, candidates))  # fit returns self
         finally:
             self._dataset = None
 
@@ -361,7 +366,9 @@ class OnePieceRanker(Ranker):
 
     def _fill_category_tables(self, model: OnePiece, schema: FeatureSchema, column: str) -> None:
         """item -> its first `column` token + 1 (0 = none); category -> its most popular train items."""
-        _, tables = build_schema(self._dataset, self.config.features)
+        dataset = self._dataset
+        assert dataset is not None  # called during fit only
+        _, tables = build_schema(dataset, self.config.features)
         table = tables.item_tokens[schema.item_columns.index(column)].tokens
         lengths = table.lengths()
         category = (
@@ -369,7 +376,7 @@ class OnePieceRanker(Ranker):
             if len(table.values)
             else torch.zeros_like(lengths)
         )
-        popularity = self._dataset.item_popularity("train").numpy()
+        popularity = dataset.item_popularity("train").numpy()
         cats = category.numpy()
         order = np.lexsort((-popularity, cats))
         order = order[cats[order] > 0]

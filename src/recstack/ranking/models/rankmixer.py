@@ -18,7 +18,7 @@ Ablations: `token_mixing: false` (no mixing), `shared_ffn: true` (one FFN for al
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -38,7 +38,7 @@ from recstack.registry import register
 class AutosplitTokenizerConfig(TokenizerConfig):
     """The tokenizer with RankMixer's own default (autosplit), so a partial YAML `tokenizer:` keeps it."""
 
-    mode: str = "autosplit"
+    mode: Literal["groups", "autosplit"] = "autosplit"
 
 
 @dataclass

@@ -113,7 +113,8 @@ class TokenMixerLarge(RankingModel):
     def run(self, inputs: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
         """(logits per task, auxiliary logits per inter-residual layer; [] in eval mode)."""
         x = self.tokenizer(inputs)  # [N, T, D]
-        outputs, aux = [], []
+        outputs: list[torch.Tensor] = []
+        aux: list[dict[str, torch.Tensor]] = []
         for i, block in enumerate(self.blocks):
             x = block(x)
             if i in self.aux_layers:

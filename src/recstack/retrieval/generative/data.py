@@ -20,7 +20,7 @@ features give 0).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -56,7 +56,7 @@ def event_names(dataset: Dataset, columns: list[str]) -> list[str]:
     """Names of event codes 1..E."""
     if columns == ["event"]:
         names = dataset.meta.get("events") or dataset.meta.get("event_names")
-        count = int(dataset.interactions["event"].max()) + 1
+        count = int(cast(int, dataset.interactions["event"].max())) + 1
         return [str(n) for n in names][:count] if names else [f"event{e}" for e in range(count)]
     return list(columns)
 

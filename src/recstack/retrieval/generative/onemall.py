@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -101,6 +101,8 @@ class OneMallConfig(GenerativeConfig):
 
 class OneMall(GenerativeModel):
     """Behaviour Query-Formers -> context [B, N, D]; decoder over [BOS, c_0 .. c_{C-2}] -> C code distributions."""
+
+    offsets: torch.Tensor  # buffer: level -> first row of `codes`
 
     def __init__(self, c: OneMallConfig, shape: ModelShape, behaviours: dict[str, list[int] | None]) -> None:
         super().__init__(shape.codebook_sizes)
@@ -185,7 +187,8 @@ class OneMall(GenerativeModel):
 
     def begin(self, batch: dict[str, torch.Tensor]) -> DecodeState:
         ctx, mask = self.context(batch)  # keys / values projected once per user, shared by its beams
-        return {"per_user": {"memory_kv": [b.memory_kv(ctx) for b in self.blocks], "memory_mask": mask}, "past": None}
+        memory_kv = [cast(DecoderLayer, b).memory_kv(ctx) for b in self.blocks]
+        return {"per_user": {"memory_kv": memory_kv, "memory_mask": mask}, "past": None}
 
     def step(
         self, state: DecodeState, prefix: torch.Tensor, use_cache: bool = True
@@ -239,7 +242,7 @@ class OneMallRetriever(GenerativeRetriever):
 
     def fit(self, dataset: Dataset) -> OneMallRetriever:
         self.behaviours = self.config.behaviours or default_behaviours(dataset, self.config.event_labels)
-        return super().fit(dataset)
+        return cast(OneMallRetriever, super().fit(dataset))  # fit returns self
 
     def build_model(self, shape: ModelShape) -> OneMall:
         return OneMall(self.config, shape, resolve_behaviours(self.behaviours, self.event_names))

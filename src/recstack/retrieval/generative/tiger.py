@@ -26,7 +26,7 @@ Interpretations (config flags):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -75,6 +75,9 @@ class TigerConfig(GenerativeConfig):
 
 class TigerModel(GenerativeModel):
     """Encoder over history code tokens [B, T*C (+1)] -> memory; decoder over [BOS, c_0 .. c_{C-2}]."""
+
+    offsets: torch.Tensor  # buffers
+    vocab_level: torch.Tensor
 
     def __init__(self, config: TigerConfig, shape: ModelShape) -> None:
         super().__init__(shape.codebook_sizes)
@@ -188,7 +191,8 @@ class TigerModel(GenerativeModel):
             memory_mask, target = self.prefix_memory_mask(mask), target.reshape(-1, self.levels)
         else:
             memory_mask = mask
-        per_user = {"memory_kv": [layer.memory_kv(memory) for layer in self.decoder], "memory_mask": memory_mask}
+        memory_kv = [cast(DecoderLayer, layer).memory_kv(memory) for layer in self.decoder]
+        per_user = {"memory_kv": memory_kv, "memory_mask": memory_mask}
         hidden, _ = self.decode(self.decoder_inputs(target[:, :-1], 0), per_user, None)  # [R, C, D]
         logits = hidden @ self.output.weight.T  # [R, C, V]; other levels' tokens masked below
         other = self.vocab_level[None, :] != torch.arange(self.levels, device=logits.device)[:, None]
@@ -206,7 +210,10 @@ class TigerModel(GenerativeModel):
     def begin(self, batch: dict[str, torch.Tensor]) -> DecodeState:
         memory, mask = self.encode(batch)
         return {
-            "per_user": {"memory_kv": [layer.memory_kv(memory) for layer in self.decoder], "memory_mask": mask},
+            "per_user": {
+                "memory_kv": [cast(DecoderLayer, layer).memory_kv(memory) for layer in self.decoder],
+                "memory_mask": mask,
+            },
             "past": None,
         }
 

@@ -330,15 +330,16 @@ class SequentialRetriever(Retriever):
         """Whether the model reads timestamps (HSTU's time bias on a dataset with real times)."""
         return False
 
-    def _build(self, num_items: int, use_time: bool, item_counts: torch.Tensor | None = None) -> None:
+    def _build(self, num_items: int, use_time: bool, item_counts: torch.Tensor | None = None) -> SequentialModel:
         self.use_time = use_time
         self.model = SequentialModel(self.build_encoder(num_items, use_time), self.config, item_counts)
+        return self.model
 
     # ---- training ------------------------------------------------------------------------------
     def fit(self, dataset: Dataset) -> SequentialRetriever:
         use_time = self.wants_time(dataset)
         seed_everything(self.config.train.seed)  # the initial weights are part of the seeded run
-        self._build(dataset.num_items, use_time, dataset.item_popularity("train"))
+        model = self._build(dataset.num_items, use_time, dataset.item_popularity("train"))
         refit = self.config.train_on == "train+valid"
         before = "test" if refit else "valid"
         items = dataset.sequences(before=before)
@@ -364,7 +365,7 @@ class SequentialRetriever(Retriever):
         started = time.perf_counter()
         # Valid items are training targets in a refit, so nothing is left to stop on: all epochs run.
         self.result = Trainer(
-            self.model, train, source, evaluate=None if refit else evaluate, device=self.config.device
+            model, train, source, evaluate=None if refit else evaluate, device=self.config.device
         ).fit()
         total = time.perf_counter() - started
         epochs = max(len(self.result.history), 1)
@@ -374,7 +375,7 @@ class SequentialRetriever(Retriever):
             "train_per_epoch": (total - eval_seconds[0]) / epochs,
             "epochs": float(epochs),
         }
-        self.model.eval()
+        model.eval()
         return self
 
     def _evaluate(self, dataset: Dataset, split: str) -> dict[str, float]:
@@ -432,6 +433,6 @@ class SequentialRetriever(Retriever):
         return {"num_items": model.encoder.item_embedding.num_embeddings - 1, "use_time": self.use_time}
 
     def load_state(self, path: Path, meta: dict) -> None:
-        self._build(int(meta["num_items"]), bool(meta.get("use_time", False)))
-        load_weights(self.model, path / "model.safetensors")
-        self.model.to(self.config.device).eval()
+        model = self._build(int(meta["num_items"]), bool(meta.get("use_time", False)))
+        load_weights(model, path / "model.safetensors")
+        model.to(self.config.device).eval()

@@ -22,7 +22,7 @@ any other encoder (default "text") with it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -91,7 +91,9 @@ def swing_pairs(dataset: Dataset, config: SwingPairsConfig | None = None) -> tup
     """Unordered co-engagement pairs [P, 2] (a < b, best Swing score first) and their counts."""
     config = config or SwingPairsConfig()
     swing_config = from_dict(SwingConfig, {"neighbours": config.per_item, **config.swing}, "pairs.swing")
-    table = Swing(swing_config).fit(dataset).neighbours.tocoo()
+    neighbours = Swing(swing_config).fit(dataset).neighbours
+    assert neighbours is not None  # set by fit
+    table = neighbours.tocoo()
     rows, cols, scores = table.row.astype(np.int64), table.col.astype(np.int64), table.data.astype(np.float64)
     above = scores >= config.min_score
     low, high = np.minimum(rows[above], cols[above]), np.maximum(rows[above], cols[above])
@@ -122,6 +124,8 @@ def swing_pairs(dataset: Dataset, config: SwingPairsConfig | None = None) -> tup
 class AlignmentProjection(nn.Module):
     """inputs [N + 1, D] (a fixed buffer) -> unit vectors [*, D']; `loss` follows the Trainer contract."""
 
+    inputs: torch.Tensor
+
     def __init__(self, inputs: torch.Tensor, config: AlignmentConfig) -> None:
         super().__init__()
         dim = inputs.shape[1]
@@ -135,7 +139,7 @@ class AlignmentProjection(nn.Module):
         self.register_buffer("inputs", inputs, persistent=False)
         self.mlp = MLP(dim, config.hidden, out_dim, activation="gelu", dropout=config.dropout)
         if config.residual:
-            last = self.mlp.layers[-1]
+            last = cast(nn.Linear, self.mlp.layers[-1])
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
 

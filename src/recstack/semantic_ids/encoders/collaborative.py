@@ -58,10 +58,10 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 @torch.no_grad()
 def retriever_item_embeddings(retriever: Retriever) -> torch.Tensor:
     """[num_items + 1, D] item vectors of a fitted two-tower or sequential retriever (row 0 = zeros)."""
-    if callable(getattr(retriever, "item_vectors", None)):  # two-tower
-        vectors = retriever.item_vectors()
-    elif callable(getattr(getattr(retriever, "model", None), "item_table", None)):
-        vectors = retriever.model.item_table()  # sequential: tied input/output table
+    if callable(item_vectors := getattr(retriever, "item_vectors", None)):  # two-tower
+        vectors = item_vectors()
+    elif callable(item_table := getattr(getattr(retriever, "model", None), "item_table", None)):
+        vectors = item_table()  # sequential: tied input/output table
     else:
         raise ConfigError(
             f"retriever {retriever.name!r} exposes no item embeddings "
@@ -107,6 +107,7 @@ class CollabEncoder(ItemEncoder):
         )
 
     def _folder(self) -> Path:
+        assert self.config.path, "only called when collab.path is set"
         path = Path(self.config.path).expanduser()
         if not (path / "config.json").is_file():
             raise DataError(f"collab.path {path}: no saved retriever there (missing config.json)")

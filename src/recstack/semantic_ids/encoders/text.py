@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 import numpy as np
 import polars as pl
@@ -92,7 +92,7 @@ def load_sentence_model(path: Path, device: str = "cpu") -> SentenceModel:
         from sentence_transformers import SentenceTransformer
     except ImportError as exc:
         raise ConfigError("the text encoder needs sentence-transformers: pip install 'recstack[text]'") from exc
-    return SentenceTransformer(str(path), device=device, local_files_only=True)
+    return cast(SentenceModel, SentenceTransformer(str(path), device=device, local_files_only=True))
 
 
 def _field_text(frame: pl.DataFrame, column: str, max_chars: int | None) -> pl.Expr:
