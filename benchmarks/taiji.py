@@ -55,6 +55,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--sft-epochs", type=int, default=2)
     p.add_argument("--weightings", default="fixed,mgda,cv")
+    p.add_argument("--feature-users", type=int, default=0, help="users that get enhancer features (0 = skip)")
+    p.add_argument("--feature-stage", default="sft", help="student that writes them: base | sft | popo-<weighting>")
+    p.add_argument("--skip-popo", action="store_true", help="stop after the SFT stages (plus features)")
     p.add_argument("--teacher", default=None, help="teacher model (folder, hub id, URL); default: the student")
     p.add_argument("--student", default=None, help="student model; default: offline SmolLM2-135M-Instruct")
     p.add_argument("--tiny", action="store_true", help="tiny random Llama for both (pipeline smoke test)")
@@ -92,6 +95,7 @@ def build_config(args: argparse.Namespace) -> TaijiConfig:
             "seed": args.seed,
         },
         "features": {"max_new_tokens": tokens},
+        "feature_users": args.feature_users or None,
         "eval_max_new_tokens": tokens,
     }
     spec["prompts"] = {"time": False}  # amazon-beauty has the order of events, not dates
@@ -165,13 +169,18 @@ def main() -> None:
     timed(stages, "sft (all chains)", pipe.sft, "all")
     accuracy["SFT all CoTs"] = timed(stages, "eval sft-all", pipe.evaluate, "sft-all")
     popo: dict[str, dict[str, Any]] = {}
-    for name in args.weightings.split(","):
+    for name in [] if args.skip_popo else args.weightings.split(","):
         popo[name] = timed(stages, f"popo {name}", pipe.popo, {"name": name}, "sft", name)
         accuracy[f"POPO {name}"] = timed(stages, f"eval popo-{name}", pipe.evaluate, f"popo-{name}")
+    features = None
+    if args.feature_users:
+        stage = None if args.feature_stage == "base" else args.feature_stage
+        features = str(timed(stages, f"features ({args.feature_stage})", pipe.features, stage))
     wall = round(time.perf_counter() - started, 1)
     tokens = generated_tokens(pipe, "base")
     tokens_per_second = tokens / stages["eval base"] if stages.get("eval base") else None
-    plot(popo, Path(args.work) / "taiji_popo.png" if args.no_record else PLOT)
+    if popo:
+        plot(popo, Path(args.work) / "taiji_popo.png" if args.no_record else PLOT)
     record = {
         "date": datetime.now(timezone.utc).isoformat(),
         "machine": f"{platform.machine()} ({os.cpu_count()} cpus)",
@@ -193,6 +202,8 @@ def main() -> None:
             }
             for n, s in popo.items()
         },
+        "features": features,
+        "feature_users": args.feature_users,
         "stage_seconds": stages,
         "wall_seconds": wall,
         "eval_generated_tokens": tokens,
