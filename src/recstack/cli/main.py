@@ -1,4 +1,4 @@
-"""The `recstack` command: data, run, bench, eval, recommend, simulate."""
+"""The `recstack` command: data, run, bench, eval, recommend, simulate, posttrain."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from recstack.cli import llm as llm_cli
 from recstack.cli import sid as sid_cli
 from recstack.cli.common import friendly_errors
 from recstack.cli.eval import eval_command
+from recstack.cli.posttrain import posttrain_command
 from recstack.cli.recommend import recommend_command
 from recstack.cli.run import bench_command, run_command
 from recstack.cli.simulate import simulate_command
@@ -28,6 +29,7 @@ app.command("bench")(friendly_errors(bench_command))
 app.command("eval")(friendly_errors(eval_command))
 app.command("recommend")(friendly_errors(recommend_command))
 app.command("simulate")(friendly_errors(simulate_command))
+app.command("posttrain")(friendly_errors(posttrain_command))
 
 
 if __name__ == "__main__":
