@@ -178,11 +178,13 @@ def main() -> None:
         features = str(timed(stages, f"features ({args.feature_stage})", pipe.features, stage))
     wall = round(time.perf_counter() - started, 1)
     tokens = generated_tokens(pipe, "base")
-    tokens_per_second = tokens / stages["eval base"] if stages.get("eval base") else None
+    # a resumed run reads finished stages from disk: no generation to time there
+    tokens_per_second = tokens / stages["eval base"] if stages.get("eval base", 0.0) > 1.0 else None
     if popo:
         plot(popo, Path(args.work) / "taiji_popo.png" if args.no_record else PLOT)
     record = {
         "date": datetime.now(timezone.utc).isoformat(),
+        "command": "python benchmarks/taiji.py " + " ".join(sys.argv[1:]),
         "machine": f"{platform.machine()} ({os.cpu_count()} cpus)",
         "dataset": args.dataset,
         "student": config.student,
