@@ -43,8 +43,13 @@ def spread_rows(samples, n: int) -> torch.Tensor:
     return torch.randperm(len(samples), generator=torch.Generator().manual_seed(0))[:n]
 
 
-def overfit_aucs(model, inputs: dict, steps: int = 40, lr: float = 2e-2) -> list[float]:
-    """Memorise random labels of one batch; returns the AUC per task afterwards."""
+def overfit_aucs(model, inputs: dict, steps: int = 150, lr: float = 5e-3) -> list[float]:
+    """Memorise random labels of one batch; returns the AUC per task afterwards.
+
+    The defaults suit the sequence rankers (hstu_ranker, mtfm). At lr 1e-2 to 2e-2 the first steps switch off
+    every ReLU unit of an 8-wide task tower on some rows: their logit is stuck at the tower's output bias and no
+    gradient reaches them again (hstu_ranker, seed 4: AUC 0.87 after 40 steps at 2e-2, 0.96 for good at 1e-2).
+    At 5e-3 every task reaches AUC 1 within about 100 steps at seeds 0-19."""
     gen = torch.Generator().manual_seed(seeded())
     inputs = dict(
         inputs, labels={t: (torch.rand(len(inputs["items"]), generator=gen) < 0.5).float() for t in model.tasks}
@@ -62,7 +67,7 @@ def overfit_aucs(model, inputs: dict, steps: int = 40, lr: float = 2e-2) -> list
     return [auc(inputs["labels"][t], logits[t]) for t in model.tasks]
 
 
-def check_memorises(model, inputs: dict, floor: float, steps: int = 40, lr: float = 2e-2) -> None:
+def check_memorises(model, inputs: dict, floor: float, steps: int = 150, lr: float = 5e-3) -> None:
     """Every task's AUC on random labels of one batch reaches `floor` after `steps` Adam steps."""
     check_at_least(
         min(overfit_aucs(model, inputs, steps, lr)), floor, f"min task AUC memorising random labels, {steps} steps"

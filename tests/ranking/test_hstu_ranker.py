@@ -44,7 +44,7 @@ def test_overfits_tiny_batch(world):
     _, builder, model = tiny_model(world, SPEC)
     samples = builder.train_samples()
     inputs = samples.inputs(8, spread_rows(samples, 32))
-    check_memorises(model, inputs, 0.97)
+    check_memorises(model, inputs, 0.97, steps=150, lr=5e-3)  # random labels; see overfit_aucs on the lr
 
 
 @pytest.mark.parametrize(

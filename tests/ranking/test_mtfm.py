@@ -41,11 +41,15 @@ def world():
 
 @pytest.mark.learns
 def test_overfits_tiny_batch(world):
-    _, builder, model = tiny_model(world, {**SPEC, "target_layers": 1})
+    # Each scenario has its own MMoE and towers, so a tower sees only its scenario's ~10 of the 32 rows; when
+    # most of them carry label 0 for a task, the cheapest fit switches off all 8 ReLU units of that tower and
+    # the few 1s are stuck at its bias (seed 6: a "like" tower with 3 of 14 positive, 0.93 even at lr 2e-3).
+    # 16 units per tower keep some alive; the task stays to memorise 32 random labels through every part.
+    _, builder, model = tiny_model(world, {**SPEC, "target_layers": 1, "tower_hidden": [16]})
     samples = builder.train_samples()
     inputs = samples.inputs(8, spread_rows(samples, 32))
     assert {"history_time", "history_event", "scenario"} <= set(inputs)
-    check_memorises(model, inputs, 0.97)
+    check_memorises(model, inputs, 0.97, steps=150, lr=5e-3)
 
 
 def test_structure_follows_flags(world):

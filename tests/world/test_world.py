@@ -131,7 +131,7 @@ def test_parquet_writer_streams_the_same_rows(tmp_path):
 
 @pytest.mark.learns
 def test_sequences_are_positive_ordered_and_predictable():
-    world = World(WorldConfig(num_users=300, num_items=300, num_topics=8, embedding_dim=16, seed=seeded()))
+    world = World(WorldConfig(num_users=1000, num_items=600, num_topics=8, embedding_dim=16, seed=seeded()))
     raw = world.generate_sequences().validate()
     frame = raw.interactions
     assert raw.labels == ["view"] and (frame["view"] == 1).all()
@@ -142,12 +142,21 @@ def test_sequences_are_positive_ordered_and_predictable():
         ]
         .all()
     )
+    # The next item is predictable from the previous one: the 10 most popular items of the previous item's topic
+    # hit it more often than the 10 most popular items overall (the drifting focus keeps a user in a topic).
+    # Targets: each user's last 5 events (after the first); popularity counts the earlier events.
+    # The ratio is a property of the sampled world: over world seeds 0-39 it ranged 1.77-2.79 (mean 2.1, sd 0.23)
+    # with these 1000 users x 600 items, while previous-item topics shuffled across targets (no sequential signal)
+    # give at most 0.83 (mean 0.64). 1.5 separates the two. The former sample (300 users x 300 items, last event
+    # only: 300 targets, ~35 popularity hits) added a sampling sd of ~0.4 and ranged 1.19-2.72.
     users, items = world.user_ids(frame["user"]), world.item_ids(frame["item"])
-    is_last = np.r_[users[1:] != users[:-1], True]
-    target, previous = items[is_last], items[np.nonzero(is_last)[0] - 1]
-    counts = np.bincount(items[~is_last], minlength=world.num_items)
+    first = np.r_[True, users[1:] != users[:-1]]
+    last = np.nonzero(np.r_[users[1:] != users[:-1], True])[0]
+    from_end = last[np.cumsum(first) - 1] - np.arange(len(items))  # 0 = the user's last event
+    held = np.nonzero((from_end < 5) & ~first)[0]
+    target, previous = items[held], items[held - 1]
+    counts = np.bincount(items[from_end >= 5], minlength=world.num_items)
     popular_hits = np.isin(target, np.argsort(-counts)[:10]).mean()
-    # "Most popular items of the previous item's topic" needs the drifting focus to beat popularity.
     in_topic = [np.argsort(-np.where(world.item_topic == t, counts, -1))[:10] for t in range(world.num_topics)]
     topic_hits = (np.stack(in_topic)[world.item_topic[previous]] == target[:, None]).any(axis=1).mean()
     check_at_least(topic_hits / popular_hits, 1.5, "hit rate of in-topic popularity / of popularity")
