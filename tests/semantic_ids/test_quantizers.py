@@ -1,5 +1,9 @@
 """Quantizers on planted residual structure: x = A[i] + B[j] + C[k] + noise, i, j, k in 0..7 (512 items,
-one per (i, j, k)), scales 1, 0.3, 0.1, so a 3 × 8 residual quantizer can recover every level exactly."""
+one per (i, j, k)), scales 1, 0.3, 0.1, so a 3 × 8 residual quantizer can recover every level exactly.
+
+The centres of every level are orthonormal directions times the level's scale (and the three levels use
+disjoint directions): every two centres of a level are exactly √2·scale apart, whatever the seed. Random
+centres could land close together, and K-means then merges two planted clusters and splits another."""
 
 from __future__ import annotations
 
@@ -22,27 +26,58 @@ def planted(
     dim: int = 32, seed: int = 0, per_leaf: int = 1, noise: float = 0.01, scales: tuple[float, ...] = (1.0, 0.3, 0.1)
 ) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seeded(seed))
-    centres = [torch.randn(8, dim, generator=g) * s / math.sqrt(dim) for s in scales]
+    basis = torch.linalg.qr(torch.randn(dim, dim, generator=g)).Q  # a random orthonormal basis (columns)
+    centres = [s * basis[:, 8 * level : 8 * level + 8].T for level, s in enumerate(scales)]
     grid = torch.cartesian_prod(*[torch.arange(8)] * len(scales)).repeat(per_leaf, 1)
     x = sum(c[grid[:, level]] for level, c in enumerate(centres))
     return x + noise * torch.randn(x.shape, generator=g) / math.sqrt(dim), grid
 
 
 FAST = {"threads": 1, "seed": seeded()}
+# Even on well-separated clusters one k-means++ seeding now and then puts two seeds in one planted cluster
+# (≈3% of fits per level here), and Lloyd cannot undo that: K-means keeps the lowest-inertia of 3 runs, and
+# RQ-GMM's own k-means++ seeding (no restarts) draws 16 greedy candidates per centre instead of 2 + ln K.
+RESTARTS = {"nredo": 3}
 SPECS = {
-    "rq_kmeans": {"name": "rq_kmeans", "levels": 3, "codebook_size": 8},
-    "rq_kmeans_sinkhorn": {"name": "rq_kmeans", "levels": 3, "codebook_size": 8, "kmeans": {"balance": "sinkhorn"}},
-    "rq_kmeans_capacity": {"name": "rq_kmeans", "levels": 3, "codebook_size": 8, "kmeans": {"balance": "capacity"}},
-    "rq_kmeans_standardize": {"name": "rq_kmeans", "levels": 3, "codebook_size": 8, "residual_norm": "standardize"},
-    "rq_kmeans_l2": {"name": "rq_kmeans", "levels": 3, "codebook_size": 8, "residual_norm": "l2"},
-    "rq_gmm": {"name": "rq_gmm", "levels": 3, "codebook_size": 8},
-    "rq_gmm_kmeans_init": {"name": "rq_gmm", "levels": 3, "codebook_size": 8, "init": "kmeans"},
-    "res_kmeans_fsq": {"name": "res_kmeans_fsq", "kmeans_levels": 2, "codebook_size": 8, "fsq_dims": 3},
+    "rq_kmeans": {"name": "rq_kmeans", "levels": 3, "codebook_size": 8, "kmeans": RESTARTS},
+    "rq_kmeans_sinkhorn": {
+        "name": "rq_kmeans",
+        "levels": 3,
+        "codebook_size": 8,
+        "kmeans": {**RESTARTS, "balance": "sinkhorn"},
+    },
+    "rq_kmeans_capacity": {
+        "name": "rq_kmeans",
+        "levels": 3,
+        "codebook_size": 8,
+        "kmeans": {**RESTARTS, "balance": "capacity"},
+    },
+    "rq_kmeans_standardize": {
+        "name": "rq_kmeans",
+        "levels": 3,
+        "codebook_size": 8,
+        "residual_norm": "standardize",
+        "kmeans": RESTARTS,
+    },
+    "rq_kmeans_l2": {"name": "rq_kmeans", "levels": 3, "codebook_size": 8, "residual_norm": "l2", "kmeans": RESTARTS},
+    "rq_gmm": {"name": "rq_gmm", "levels": 3, "codebook_size": 8, "kmeans": {"kmeanspp_trials": 16}},
+    "rq_gmm_kmeans_init": {"name": "rq_gmm", "levels": 3, "codebook_size": 8, "init": "kmeans", "kmeans": RESTARTS},
+    # the last level's 8 centres span 7 dimensions: FSQ needs as many digits to tell them apart (with 3, the
+    # top 3 principal directions of a 7-D simplex are arbitrary, and whether 8 points fall in distinct cells
+    # of a 3 × 3 × 3 grid is luck)
+    "res_kmeans_fsq": {
+        "name": "res_kmeans_fsq",
+        "kmeans_levels": 2,
+        "codebook_size": 8,
+        "fsq_dims": 7,
+        "kmeans": RESTARTS,
+    },
     "res_kmeans_fsq_learned": {
         "name": "res_kmeans_fsq",
         "kmeans_levels": 2,
         "codebook_size": 8,
-        "fsq_dims": 3,
+        "fsq_dims": 7,
+        "kmeans": RESTARTS,
         "fsq_projection": "learned",
         "fsq_steps": 30,
         "fsq_batch_size": 256,
@@ -52,14 +87,19 @@ SPECS = {
         "levels": 3,
         "codebook_size": 8,
         "hidden_dims": [],
-        "latent_dim": 16,
-        "epochs": 50,
+        "latent_dim": 32,  # ≥ the 21 dimensions the planted centres span (at 16, 6 of seeds 0-39 fail)
+        # the last level forms only once the cosine-decayed lr is below its codeword spacing; 150 epochs give it
+        # time to: over seeds 0-119 at most one of its 8 centres is merged (collision rate 0.25), while at 50
+        # epochs 11 of seeds 0-39 fail
+        "epochs": 150,
+        "kmeans": RESTARTS,
         "batch_size": 64,
         "lr": 1e-2,
     },
 }
-# collision-rate ceilings (before de-duplication): exact recovery gives 0
-MAX_COLLISIONS = {"rq_vae": 0.5, "res_kmeans_fsq": 0.1, "res_kmeans_fsq_learned": 0.4}
+# collision-rate ceilings (before de-duplication): exact recovery gives 0. RQ-VAE learns its codebooks by
+# gradient steps and can end with two last-level centres in one code (0.25); 0.5 allows one such merge.
+MAX_COLLISIONS = {"rq_vae": 0.5, "res_kmeans_fsq": 0.1, "res_kmeans_fsq_learned": 0.1}
 
 
 @pytest.fixture(scope="module")
@@ -163,17 +203,26 @@ def test_decode_rejects_bad_codes_and_unfitted(fitted):
 @pytest.mark.learns
 def test_balanced_assignment_caps_cluster_sizes():
     g = torch.Generator().manual_seed(seeded(1))
-    # one dense blob holding 70% of the points and seven small ones: plain K-means gives a big cluster
-    centres = torch.randn(8, 8, generator=g) * 3
+    # one dense blob holding 70% of the points and seven small ones: plain K-means gives a big cluster. The
+    # blobs (unit variance per dimension) are orthonormal directions × 20, all 28 apart: with centres drawn at
+    # random two small blobs could lie close, and K-means would merge them and split the dense blob instead.
+    # Even so, a k-means++ seeding misses a small blob now and then (they hold little of the D² mass), hence
+    # the lowest-inertia of 3 runs.
+    centres = torch.linalg.qr(torch.randn(8, 8, generator=g)).Q * 20
     which = torch.cat([torch.zeros(700, dtype=torch.long), torch.arange(1, 8).repeat_interleave(43)])
     x = centres[which] + torch.randn(which.numel(), 8, generator=g)
     largest = {}
     for balance in ("none", "sinkhorn", "capacity"):
         with limited_threads(1):
-            result = fit_kmeans(x, 8, KMeansConfig(balance=balance, balance_iters=5), seed=seeded())
+            result = fit_kmeans(x, 8, KMeansConfig(nredo=3, balance=balance, balance_iters=5), seed=seeded())
             largest[balance] = int(torch.bincount(assign(x, result.centroids, result.bias), minlength=8).max())
-    # prices converge to the cap from above
-    check_at_most(largest["capacity"] / math.ceil(x.shape[0] / 8), 1.05, "largest capacity cluster / cap")
+    assert largest["none"] == 700
+    # Prices converge to the cap from above, but not all the way: capacity_bias is an auction whose price
+    # steps shrink to its tie-break nudge (1e-6 × the mean distance) once the clusters that share the dense
+    # blob trade their last boundary items, so when its 100 rounds run out a few items (≤ 5 of 126 over 200
+    # seeds) can remain over the cap, and still up to 4 with 1000 rounds. 1.1 allows 12 items over, while a
+    # capacity step that did nothing would leave the dense blob whole (700 / 126 ≈ 5.6).
+    check_at_most(largest["capacity"] / math.ceil(x.shape[0] / 8), 1.1, "largest capacity cluster / cap")
     check_at_most(largest["sinkhorn"] / largest["none"], 0.6, "largest sinkhorn / plain cluster")
 
 

@@ -17,10 +17,13 @@ from recstack.semantic_ids.rq_gmm import DiagGMM, em
 from tests.helpers import check_at_least, seeded
 
 
-def blobs(n_per: int = 150, k: int = 4, dim: int = 5, spread: float = 6.0, seed: int = 0):
-    """Well-separated anisotropic diagonal Gaussians, float64 [n_per·k, dim] and their labels."""
+def blobs(n_per: int = 150, k: int = 4, dim: int = 5, spread: float = 6.0, seed: int = 0, min_gap: float = 0.0):
+    """Well-separated anisotropic diagonal Gaussians, float64 [n_per·k, dim] and their labels. The means are
+    redrawn until every two are at least min_gap apart."""
     g = torch.Generator().manual_seed(seed)
     means = torch.randn(k, dim, generator=g, dtype=torch.float64) * spread
+    while k > 1 and float(torch.pdist(means).min()) < min_gap:
+        means = torch.randn(k, dim, generator=g, dtype=torch.float64) * spread
     scales = 0.3 + torch.rand(k, dim, generator=g, dtype=torch.float64)
     labels = torch.arange(k).repeat_interleave(n_per)
     x = means[labels] + scales[labels] * torch.randn(labels.numel(), dim, generator=g, dtype=torch.float64)
@@ -61,7 +64,10 @@ def test_em_matches_sklearn_step_for_step():
 
 @pytest.mark.learns
 def test_rq_gmm_level_matches_sklearn_fit():
-    x, labels = blobs(seed=seeded(1))
+    # per-dimension scales are at most 1.3: means ≥ 12 apart leave ≥ 4.6 σ to the midpoint, so the planted
+    # labels are what the best mixture predicts. Random means can come 5 apart (RECSTACK_TEST_SEED=41), and then
+    # a few points of the overlap belong to the other blob for any fit.
+    x, labels = blobs(seed=seeded(1), min_gap=12.0)
     quantizer = build(
         "quantizer",
         {
@@ -87,7 +93,10 @@ def test_rq_gmm_level_matches_sklearn_fit():
     ours = quantizer._gmm(0)
     ll = float(torch.logsumexp(ours.log_joint(x - quantizer.tensors["center.0"].double()), 1).mean())
     assert ll == pytest.approx(reference.score(x.numpy()), abs=1e-4)
-    assert quantizer.history[0] == sorted(quantizer.history[0])  # EM never lowers the likelihood
+    # EM never lowers the likelihood, up to float64 rounding of the mean log-likelihood: once EM has converged
+    # (2-4 iterations here), the last step can read ~1e-14 lower
+    history = quantizer.history[0]
+    assert (np.diff(history) >= -1e-10).all(), history
 
 
 def test_collapsed_component_is_reseeded_at_worst_points():
