@@ -1,16 +1,39 @@
-"""The Taiji pipeline on a tiny categorised dataset with the tiny Llama: every stage end to end, resume."""
+"""The Taiji pipeline on a tiny categorised dataset with the tiny Llama: every stage end to end, resume,
+and no model outliving its stage."""
 
+import gc
 import json
+import weakref
+from pathlib import Path
 
 import polars as pl
 import pytest
 
 from recstack.errors import DataError
+from recstack.llm.local import LocalLM
 from recstack.llm.taiji.embedding import TextEmbedder
 from recstack.llm.taiji.parts import PartStore
 from recstack.llm.taiji.pipeline import TaijiPipeline
 from recstack.llm.tiny import tiny_llama
+from recstack.semantic_ids.encoders import text as text_encoder
+from recstack.semantic_ids.encoders.text import TextEncoderConfig
 from tests.llm.taiji_data import BagOfWordsModel, categorised_dataset, tiny_config
+
+
+class CountingLM(LocalLM):
+    """A LocalLM whose generate counts the prompts for its factory and fails after `fail_after` calls. A
+    method rather than a patched-in closure: a traceback keeps each frame's function, and a closure over
+    the model would keep a killed stage's model alive in the test, not in the pipeline."""
+
+    factory: "Factory"
+
+    def generate(self, prompts, config=None):
+        factory = self.factory
+        if factory.fail_after is not None and factory.calls >= factory.fail_after:
+            raise KeyboardInterrupt("killed")
+        factory.calls += 1
+        factory.prompts += len(prompts)
+        return super().generate(prompts, config)
 
 
 class Factory:
@@ -23,16 +46,38 @@ class Factory:
 
     def __call__(self, spec):
         model = tiny_llama(seed=0, context_window=1024)
-        generate = model.generate
+        model.__class__ = CountingLM
+        model.factory = self
+        return model
 
-        def counted(prompts, config=None):
-            if self.fail_after is not None and self.calls >= self.fail_after:
-                raise KeyboardInterrupt("killed")
-            self.calls += 1
-            self.prompts += len(prompts)
-            return generate(prompts, config)
 
-        model.generate = counted
+class TrackedFactory(Factory):
+    """A Factory that keeps weak references to the models it builds and refuses to build one while an
+    earlier one is alive: two stages must never hold models at once."""
+
+    def __init__(self, fail_after: int | None = None) -> None:
+        super().__init__(fail_after)
+        self.built: list[weakref.ref] = []
+
+    def alive(self):
+        return [r() for r in self.built if r() is not None]
+
+    def __call__(self, spec):
+        assert not self.alive(), "a model of an earlier stage is still alive"
+        model = super().__call__(spec)
+        self.built += [weakref.ref(model), weakref.ref(model.model)]  # the LocalLM and its torch module
+        return model
+
+
+class SentenceModels:
+    """Stands in for loading MiniLM from disk; keeps weak references to what it loaded."""
+
+    def __init__(self) -> None:
+        self.built: list[weakref.ref] = []
+
+    def __call__(self, path, device="cpu"):
+        model = BagOfWordsModel()
+        self.built.append(weakref.ref(model))
         return model
 
 
@@ -108,3 +153,48 @@ def test_stages_name_what_is_missing(dataset, tmp_path):
         pipe.sft()
     with pytest.raises(DataError, match="no adapter of stage 'sft'"):
         pipe.load_model("student", "sft")
+
+
+@pytest.fixture
+def manual_gc():
+    """Only explicit gc.collect() calls free reference cycles (HF models have some), so a stage that forgets
+    to collect fails every time rather than whenever the automatic collector happens not to run."""
+    enabled = gc.isenabled()
+    gc.disable()
+    yield
+    if enabled:
+        gc.enable()
+
+
+def test_stages_release_their_models(dataset, tmp_path, monkeypatch, manual_gc):
+    sentence = SentenceModels()
+    monkeypatch.setattr(text_encoder, "resolve_model_path", Path)
+    monkeypatch.setattr(text_encoder, "load_sentence_model", sentence)
+    factory = TrackedFactory()
+    embedder = TextEmbedder(TextEncoderConfig(model=str(tmp_path / "minilm")))  # loads its model on use
+    pipe = TaijiPipeline(tiny_config(), tmp_path / "work", dataset, factory, embedder, progress=False)
+    stages = {
+        "reason": pipe.reason,
+        "filter": pipe.filter,
+        "sft": pipe.sft,
+        "popo": lambda: pipe.popo({"name": "mgda"}),
+        "features": lambda: pipe.features("popo-mgda"),
+        "evaluate": lambda: pipe.evaluate("sft"),
+    }
+    for name, stage in stages.items():
+        stage()
+        # no gc.collect() here: the stage itself must have let go of its models
+        assert not factory.alive(), name
+        assert not [r for r in sentence.built if r() is not None], name
+    assert len(factory.built) == 2 * len(stages)  # every stage loaded its own model
+    assert len(sentence.built) == 2  # popo and features each load MiniLM once and keep it for the stage
+
+
+@pytest.mark.parametrize("stage", ["reason", "evaluate"])
+def test_a_killed_stage_releases_its_model(dataset, tmp_path, stage, manual_gc):
+    factory = TrackedFactory(fail_after=1)  # dies in the second part
+    with pytest.raises(KeyboardInterrupt) as killed:
+        getattr(pipeline(dataset, tmp_path, factory), stage)()
+    assert killed.value.__traceback__ is not None  # the traceback is still held here, its frames' models not
+    assert len(factory.built) == 2 and not factory.alive()
+    getattr(pipeline(dataset, tmp_path, TrackedFactory()), stage)()  # and the run resumes

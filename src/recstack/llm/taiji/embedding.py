@@ -29,6 +29,13 @@ class TextEmbedder:
 
     def __init__(self, config: TextEncoderConfig | None = None, model: SentenceModel | None = None) -> None:
         self.encoder = TextEncoder(config or TextEncoderConfig(), model=model)
+        self._given = model is not None
+
+    def release(self) -> None:
+        """Forget a sentence model loaded from the config (the next encode loads it again), so that it does
+        not outlive the pipeline stage that needed it; a model passed in belongs to the caller and stays."""
+        if not self._given:
+            self.encoder.model = None
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str]) -> torch.Tensor:

@@ -89,3 +89,13 @@ def last_item_baseline(categories: CategoryPaths, contexts: Sequence[UserContext
     """Predict the category of the user's last history item."""
     predicted = [categories[c.history[-1]] if c.history else () for c in contexts]
     return accuracy(predicted, [categories[c.target] for c in contexts])
+
+
+def baselines(
+    categories: CategoryPaths, train_targets: Sequence[int], contexts: Sequence[UserContext]
+) -> dict[str, dict[str, float]]:
+    """Both LLM-free baselines on the held-out `contexts`: the floor every stage's accuracy is read against."""
+    return {
+        "majority": majority_baseline(categories, train_targets, contexts),
+        "last_item": last_item_baseline(categories, contexts),
+    }

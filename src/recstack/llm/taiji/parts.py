@@ -7,17 +7,21 @@
 
 A part's first line is a header {"_users": [...]} naming the users it covers — also those that yielded
 no record (e.g. every sample was filtered) — so a killed job redoes only the part it was writing.
+`write_in_parts` is that loop; `write_jsonl` / `read_jsonl` are for a stage's single whole-file output
+(ORFT's kept.jsonl), replaced in one rename so a reader never sees half of it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from recstack.errors import DataError
+
+T = TypeVar("T")
 
 
 class PartStore:
@@ -65,3 +69,36 @@ class PartStore:
         finally:
             tmp.unlink(missing_ok=True)
         return target
+
+
+def write_in_parts(
+    store: PartStore,
+    todo: Sequence[T],
+    size: int,
+    user: Callable[[T], int],
+    records: Callable[[list[T]], Sequence[dict[str, Any]]],
+    bar: Any,
+) -> None:
+    """The loop every per-user stage shares: `records` of `size` todo entries at a time, each chunk one part
+    (a killed stage loses at most the chunk it was on); the `bar` is closed even then."""
+    try:
+        for start in range(0, len(todo), size):
+            chunk = list(todo[start : start + size])
+            store.write([user(x) for x in chunk], records(chunk))
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+
+
+def write_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
