@@ -156,11 +156,11 @@ def test_page_tuning_weighs_channels_and_survives_save_load(world_dataset, tmp_p
     tuning = cascade.page_tuning
     assert tuning["ndcg_after"] >= tuning["ndcg_before"]
     assert set(tuning["channel_weights"]) <= set(FAST_CHANNELS)
-    assert cascade.config.page.channel_weights == tuning["channel_weights"]
+    assert cascade.config.page["channel_weights"] == tuning["channel_weights"]
     cascade.save(tmp_path / "run")
     batch = world_dataset.user_batch(torch.arange(1, 21))
     loaded = Cascade.load(tmp_path / "run")
-    assert loaded.config.page.channel_weights == tuning["channel_weights"]
+    assert loaded.config.page["channel_weights"] == tuning["channel_weights"]
     assert torch.equal(cascade.recommend(batch).items, loaded.recommend(batch).items)
 
 

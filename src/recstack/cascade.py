@@ -21,7 +21,7 @@ from recstack.config import from_dict, to_dict
 from recstack.data.batch import Candidates, Page, UserBatch
 from recstack.data.dataset import Dataset
 from recstack.errors import ConfigError, DataError
-from recstack.page.fused import PageConfig, arrange_page, fuse_scores, tune_page_weights
+from recstack.page.base import PageArranger, PageInputs, build_page
 from recstack.ranking import base as _ranking_base  # noqa: F401  (declares the ranker plugins for build)
 from recstack.registry import build
 from recstack.retrieval.base import Retriever
@@ -109,7 +109,8 @@ class RunConfig:
     ranker: dict[str, Any] | None = field(default_factory=_default_ranker)
     enhancer: EnhancerSpec | None = None
     """LLM enhancer features fed to the ranker (see EnhancerSpec); null = none"""
-    page: PageConfig = field(default_factory=PageConfig)
+    page: dict[str, Any] = field(default_factory=lambda: {"name": "fused", "k": 10})
+    """the page arranger: {name: fused | ranker_topk | mmr | pagellm, **its config} (page/base.py)"""
     retrieval_label: str | None = "auto"
     """label whose positive rows are the history and targets of retrieval and the page; "auto": the
     first label of an impression log (the world's click), every row of a positive-only log; null: every row"""
@@ -137,8 +138,12 @@ class Cascade:
             if config.ranker
             else None
         )
+        self.page: PageArranger = build_page(config.page)
+        if config.ranker is None and self.page.name != "fused":
+            raise ConfigError(f"page {self.page.name!r} arranges the ranker's scores; this run has no ranker")
         self.train_seconds: dict[str, float] = {}
         self.page_tuning: dict[str, Any] | None = None
+        """the page arranger's fit report (fused: the channel-weight tuning)"""
 
     def retrieval_view(self, dataset: Dataset) -> Dataset:
         """The rows retrieval sees (see RunConfig.retrieval_label); the ranker keeps the whole log."""
@@ -186,10 +191,28 @@ class Cascade:
                 self.train_seconds["ranker"] = time.perf_counter() - started
                 if saved is not None:
                     self.ranker.save(saved)
-            if self.config.page.tune:  # after the ranker: the weights balance its scores against retrieval
-                progress("page: tuning channel weights on valid")
-                self.tune_page(dataset)
+            self._fit_page(dataset, run_dir, progress)  # after the ranker: pages are arranged from its scores
         return self
+
+    def _fit_page(self, dataset: Dataset, run_dir: Path | None, progress: Progress) -> None:
+        saved = run_dir / "page" if run_dir else None
+        if self.page.learned and saved is not None and (saved / "config.json").is_file():
+            progress(f"page: loaded from {saved} (resume)")
+            self.page = PageArranger.load(saved)
+            self.config.page = self._page_spec()
+            return
+        progress(f"page: fitting {self.page.name} on valid")
+        started = time.perf_counter()
+        self.page_tuning = self.page.fit(self.page_inputs(dataset, "valid"))
+        self.train_seconds["page"] = time.perf_counter() - started
+        if self.page_tuning:
+            self.page_tuning["seconds"] = round(self.train_seconds["page"], 2)
+        self.config.page = self._page_spec()  # fitted settings (e.g. tuned channel weights) go into config.json
+        if self.page.learned and saved is not None:
+            self.page.save(saved)
+
+    def _page_spec(self) -> dict[str, Any]:
+        return {"name": self.page.name, **to_dict(self.page.config)}
 
     def enhanced(self, dataset: Dataset, progress: Progress = print) -> Dataset:
         """The dataset the ranker is fitted on: `dataset` with the enhancer's user features joined (if any)."""
@@ -209,14 +232,15 @@ class Cascade:
         )
         return enhanced
 
-    def tune_page(self, dataset: Dataset) -> dict[str, Any]:
-        """Set page.channel_weights to maximise valid page NDCG@k (see page.fused.tune_page_weights)."""
+    def page_inputs(self, dataset: Dataset, split: str) -> PageInputs:
+        """The `split` users' merged candidates, ranker scores and held-out targets (history before `split`)."""
         dataset = self.retrieval_view(dataset)
-        users, targets = dataset.eval_users("valid")
+        users, targets = dataset.eval_users(split)
         if users.numel() == 0:
-            raise DataError(f"{dataset.name}: page.tune needs a valid split with users")
-        assert self.ranker is not None, "page.tune scores the candidates with the ranker"
-        full = dataset.user_batch(users, before="valid", features=history_features(dataset))
+            raise DataError(f"{dataset.name}: fitting the page needs a {split} split with users")
+        if self.ranker is None:
+            raise ConfigError("the page stage arranges the ranker's scores; this run has no ranker")
+        full = dataset.user_batch(users, before=split, features=history_features(dataset))
         merged_parts, score_parts = [], []
         for start in range(0, users.numel(), self.config.eval.batch_size):
             batch = full.select(torch.arange(start, min(start + self.config.eval.batch_size, users.numel())))
@@ -228,11 +252,7 @@ class Cascade:
             t: torch.cat([torch.nn.functional.pad(p[t], (0, merged.k - p[t].shape[1])) for p in score_parts])
             for t in score_parts[0]
         }
-        started = time.perf_counter()
-        self.page_tuning = tune_page_weights(merged, scores, self.config.page.weights, targets, self.config.page)
-        self.page_tuning["seconds"] = round(time.perf_counter() - started, 2)
-        self.config.page.channel_weights = dict(self.page_tuning["channel_weights"])
-        return self.page_tuning
+        return PageInputs(full, merged, scores, targets, dataset)
 
     @staticmethod
     def _checkpoint_into(component: Any, run_dir: Path | None, alias: str) -> None:
@@ -260,13 +280,11 @@ class Cascade:
     def rank(self, batch: UserBatch, merged: Candidates, k: int) -> Page:
         if self.ranker is None:
             return Page(merged.items[:, :k], merged.scores[:, :k], merged.channels[:, :k], merged.channel_names)
-        scores = self.ranker.score(batch, merged)
-        fused = fuse_scores(scores, self.config.page.weights, merged, self.config.page.channel_weights)
-        return arrange_page(merged, fused, k)
+        return self.page.arrange(PageInputs(batch, merged, self.ranker.score(batch, merged)), k).first(k)
 
     def recommend(self, batch: UserBatch, k: int | None = None) -> Page:
         _, merged = self.retrieve(batch)
-        return self.rank(batch, merged, k or self.config.page.k)
+        return self.rank(batch, merged, k or self.page.config.k)
 
     # ---- evaluation -----------------------------------------------------------------------------
     def evaluate(self, dataset: Dataset, split: str) -> dict[str, Any]:
@@ -313,6 +331,8 @@ class Cascade:
             channel.save(run_dir / "channels" / alias)
         if self.ranker is not None:
             self.ranker.save(run_dir / "ranker")
+        if self.page.learned:
+            self.page.save(run_dir / "page")
         write_json(run_dir / "config.json", to_dict(self.config), sort_keys=False)  # channel order matters
 
     @staticmethod
@@ -336,6 +356,11 @@ class Cascade:
             if not (run_dir / "ranker" / "config.json").is_file():
                 raise DataError(f"{run_dir}: ranker checkpoint is missing ({run_dir / 'ranker'})")
             cascade.ranker = Ranker.load(run_dir / "ranker")
+        cascade.page = build_page(config.page)
+        if cascade.page.learned:
+            if not (run_dir / "page" / "config.json").is_file():
+                raise DataError(f"{run_dir}: the {cascade.page.name} page's checkpoint is missing ({run_dir / 'page'})")
+            cascade.page = PageArranger.load(run_dir / "page")
         return cascade
 
 

@@ -85,3 +85,8 @@ class Page:
     scores: torch.Tensor
     channels: torch.Tensor | None = None
     channel_names: list[str] = field(default_factory=list)
+
+    def first(self, k: int) -> Page:
+        """The first k slots of every row."""
+        channels = None if self.channels is None else self.channels[:, :k]
+        return Page(self.items[:, :k], self.scores[:, :k], channels, list(self.channel_names))

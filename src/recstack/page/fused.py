@@ -6,7 +6,7 @@ retrieval channel c + 1), 0 when channel c did not retrieve it (Candidates.chann
 retrieval term lets a strong sequential channel keep its say when the ranker, trained pointwise on
 labels, misses the order of consumption; `tune_page_weights` picks the channel weights on the valid
 split (coordinate ascent on page NDCG@k over a grid, ranker weights fixed). Whole-page optimisation
-(PageLLM and friends) will replace this with a learned arrangement behind the same call.
+(`pagellm`) and the baselines (`ranker_topk`, `mmr`) sit behind the same call (page/base.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ import torch
 
 from recstack.data.batch import Candidates, Page
 from recstack.data.jagged import Jagged
-from recstack.errors import ConfigError
+from recstack.errors import ConfigError, DataError
+from recstack.page.base import PageArranger, PageInputs, page_order
+from recstack.registry import register
 
 
 @dataclass
@@ -122,3 +124,46 @@ def tune_page_weights(
                 if got > best + 1e-12:
                     best, weights = got, trial
     return {"channel_weights": {n: w for n, w in weights.items() if w}, "ndcg_before": before, "ndcg_after": best}
+
+
+@register("page", "fused", config=PageConfig)
+class FusedPage(PageArranger):
+    """The default page: fused ranker + channel-evidence score; `fit` tunes the channel weights on valid."""
+
+    name = "fused"
+
+    def __init__(self, config: PageConfig | None = None) -> None:
+        self.config = config or PageConfig()
+
+    def fit(self, inputs: PageInputs) -> dict[str, Any]:
+        if not self.config.tune:
+            return {}
+        if inputs.targets is None or not inputs.scores:
+            raise DataError("page.tune needs the ranker's scores and held-out targets of the valid split")
+        report = tune_page_weights(inputs.candidates, inputs.scores, self.config.weights, inputs.targets, self.config)
+        self.config.channel_weights = dict(report["channel_weights"])
+        return report
+
+    def arrange(self, inputs: PageInputs, k: int) -> Page:
+        fused = fuse_scores(inputs.scores, self.config.weights, inputs.candidates, self.config.channel_weights)
+        return page_order(inputs.candidates, fused)
+
+
+@dataclass
+class RankerTopKConfig:
+    k: int = 10
+    weights: dict[str, float] = field(default_factory=dict)
+    """per-task weights of the ranker's fused score; empty = every task weighted 1"""
+
+
+@register("page", "ranker_topk", config=RankerTopKConfig)
+class RankerTopK(PageArranger):
+    """Baseline: the ranker's top-k by its weighted task score alone (no retrieval evidence, nothing tuned)."""
+
+    name = "ranker_topk"
+
+    def __init__(self, config: RankerTopKConfig | None = None) -> None:
+        self.config = config or RankerTopKConfig()
+
+    def arrange(self, inputs: PageInputs, k: int) -> Page:
+        return page_order(inputs.candidates, fuse_scores(inputs.scores, self.config.weights))

@@ -139,6 +139,12 @@ def _hit_columns(items: torch.Tensor, targets: Jagged) -> torch.Tensor:
     return torch.where(sorted_keys[slot] == wanted, order[slot] % items.shape[1], -1)
 
 
+def _ndcg(items: torch.Tensor, targets: Jagged, k: int) -> float:
+    from recstack.eval.topk import topk_metrics
+
+    return float(topk_metrics(items[:, :k], targets, [k], ("ndcg",))[f"ndcg@{k}"])
+
+
 def channel_report(
     channel_candidates: dict[str, Candidates], merged: Candidates, targets: Jagged, ks: list[int] | tuple[int, ...]
 ) -> dict:
@@ -148,7 +154,8 @@ def channel_report(
     number of targets, averaged over users with at least one target. exclusive@K[c] = the same average
     counting only merged top-K hits tagged with channel c alone; shared@K counts hits tagged by two or
     more channels, so merged recall = sum of exclusive + shared. Returns
-    {"recall@K": {channel..., "merged": r}, "exclusive@K": {channel: r}, "shared@K": r, "users": n}.
+    {"recall@K": {channel..., "merged": r}, "ndcg@K": {channel..., "merged": n} (each list's own order;
+    the merged order is merge's, before the ranker), "exclusive@K": {channel: r}, "shared@K": r, "users": n}.
     """
     if targets.num_rows != merged.items.shape[0]:
         raise DataError(f"channel_report: targets have {targets.num_rows} rows, candidates {merged.items.shape[0]}")
@@ -174,6 +181,9 @@ def channel_report(
             bit = merged.channel_names.index(name) if name in merged.channel_names else None
             exclusive[name] = average(single & (tag == (1 << bit))) if bit is not None else 0.0
         report[f"recall@{k}"] = recall
+        ndcg = {name: _ndcg(c.items, targets, k) for name, c in channel_candidates.items()}
+        ndcg["merged"] = _ndcg(merged.items, targets, k)
+        report[f"ndcg@{k}"] = ndcg
         report[f"exclusive@{k}"] = exclusive
         report[f"shared@{k}"] = average(in_top & ~single)
     return report

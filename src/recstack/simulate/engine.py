@@ -68,7 +68,7 @@ def run_arm(run: LoadedRun, name: str | None = None) -> Arm:
     view = run.cascade.retrieval_view(run.link.dataset)
     policy = CascadePolicy(run)
     features = history_features(view)
-    return Arm(name or run.name, "run", policy, run.link, view, features, str(run.path), run.cascade.config.page.k)
+    return Arm(name or run.name, "run", policy, run.link, view, features, str(run.path), run.cascade.page.config.k)
 
 
 def baseline_arm(kind: str, like: Arm, weights: dict[str, float]) -> Arm:

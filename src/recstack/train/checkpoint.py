@@ -92,6 +92,16 @@ def _load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         raise DataError(f"{path}: not a readable safetensors file: {exc}") from exc
 
 
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Write named tensors (not a module) to a safetensors file, atomically."""
+    _save_tensors({k: v.contiguous() for k, v in tensors.items()}, Path(path))
+
+
+def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Named tensors of a safetensors file; a missing or corrupt file is a DataError naming it."""
+    return _load_tensors(Path(path))[0]
+
+
 # ---- weights -------------------------------------------------------------------------------------
 def save_weights(module: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
     """Write `module.state_dict()` to a safetensors file; tied / shared tensors are cloned."""

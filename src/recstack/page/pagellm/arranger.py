@@ -1,0 +1,212 @@
+"""PageLLM as the cascade's page stage: `page: {name: pagellm}` (METHODS.md §2.2, arXiv 2506.09084).
+
+fit (on the valid split, after the ranker):
+  1. the fused page's channel weights are tuned as for `fused` (its order defines the candidate pool);
+  2. item vectors and semantic IDs from the train rows (item_space.py);
+  3. SFT: the policy learns to write each request's target page (pairs.target_pages);
+  4. preference pairs in the four families -> page reward model (all families) and item reward model
+     (relevance + ranking), both Bradley-Terry; pair accuracy on 10% held-out pairs is reported;
+  5. PPO from the SFT policy with R = alpha * R_page + (1 - alpha) * sum_k w_k r_item(i_k, k), KL to SFT.
+arrange: greedy decoding of the page from the pool, then every other candidate in fused order.
+Every interpretation is a PageLLMConfig field ([I] in its docstring); the backbone is a small
+encoder-decoder ([I]; the paper fine-tunes an LLM).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from recstack.data.batch import Page
+from recstack.errors import DataError
+from recstack.page.base import PageInputs, page_order
+from recstack.page.fused import FusedPage, fuse_scores
+from recstack.page.item_space import item_space
+from recstack.page.pagellm.config import PageLLMConfig
+from recstack.page.pagellm.context import PageContext, build_context
+from recstack.page.pagellm.model import PagePolicy
+from recstack.page.pagellm.pairs import PreferencePairs, build_pairs, target_pages
+from recstack.page.pagellm.ppo import ppo_train
+from recstack.page.pagellm.rewards import (
+    ItemRewardModel,
+    MixedReward,
+    PageRewardModel,
+    PageScore,
+    pair_accuracy,
+    position_weights,
+    train_bradley_terry,
+)
+from recstack.progress import progress_bar
+from recstack.registry import register
+from recstack.train.checkpoint import load_weights, save_weights
+
+
+@register("page", "pagellm", config=PageLLMConfig)
+class PageLLMPage(FusedPage):
+    name = "pagellm"
+    learned = True
+    config: PageLLMConfig
+
+    def __init__(self, config: PageLLMConfig | None = None) -> None:
+        super().__init__(config or PageLLMConfig())
+        self.policy: PagePolicy | None = None
+
+    def context(self, inputs: PageInputs) -> tuple[PageContext, torch.Tensor]:
+        """(PageContext of the pool, fused scores [B, K] of every candidate)."""
+        fused = fuse_scores(inputs.scores, self.config.weights, inputs.candidates, self.config.channel_weights)
+        return build_context(inputs, fused, self.config.pool, self.config.model.history_len), fused
+
+    def fit(self, inputs: PageInputs) -> dict[str, Any]:
+        c = self.config
+        if inputs.dataset is None or inputs.targets is None:
+            raise DataError("page pagellm: fitting needs the training dataset and held-out targets")
+        started = time.perf_counter()
+        report: dict[str, Any] = {"fused": super().fit(inputs)}
+        torch.manual_seed(c.seed)
+        generator = torch.Generator().manual_seed(c.seed)
+        space = item_space(inputs.dataset, c.item_space)
+        context, _ = self.context(inputs)
+        report["requests"] = len(context)
+        report["requests_engaged_in_pool"] = int(context.engaged.any(1).sum())
+        features = context.features.shape[2]
+        policy = PagePolicy(space.codes, space.vocab, features, c.k, c.model)
+        report["sft_loss"] = self._sft(policy, context, generator)
+        reference = copy.deepcopy(policy).eval().requires_grad_(False)
+
+        pairs = build_pairs(context, space.codes, c.k, c.families, c.pairs_per_family, generator)
+        report["pairs"] = pairs.counts()
+        held = torch.rand(pairs.rows.numel(), generator=generator) < 0.1
+        train, test = pairs.subset(~held), pairs.subset(held)
+        weights = position_weights(c.k, c.position_weights)
+        page_model = PageRewardModel(space.codes, space.vocab, features, c.k, c.model)
+        item_model = ItemRewardModel(space.codes, space.vocab, features, c.k, c.model)
+        item_families = [f for f in ("relevance", "ranking") if f in c.families]
+        report["page_reward"] = self._fit_reward(page_model, page_model, context, train, test, generator)
+        item_families = [f for f in ("relevance", "ranking") if f in c.families]
+
+        def item_score(ctx: PageContext, page: torch.Tensor) -> torch.Tensor:
+            return item_model(ctx, page, weights)
+
+        report["item_reward"] = self._fit_reward(
+            item_model, item_score, context, train.of(item_families), test.of(item_families), generator
+        )
+        if c.ppo.steps > 0 and (c.page_reward or c.item_reward):
+            reward = self._mixed_reward(policy, context, page_model, item_model, weights)
+            bar = progress_bar(total=c.ppo.steps, desc="pagellm ppo", leave=False)
+            history = ppo_train(policy, reference, context, reward, c.ppo, generator, on_step=lambda _: bar.update())
+            bar.close()
+            report["ppo"] = {
+                "reward_first": history[0]["reward"],
+                "reward_last": history[-1]["reward"],
+                "kl_last": history[-1]["kl"],
+                "seconds_per_step": sum(h["seconds"] for h in history) / len(history),
+            }
+        self.policy = policy.eval()
+        report["seconds"] = round(time.perf_counter() - started, 2)
+        return report
+
+    def _sft(self, policy: PagePolicy, context: PageContext, generator: torch.Generator) -> list[float]:
+        """Teacher-forced negative log-likelihood of the target pages; mean per page, per epoch."""
+        c = self.config
+        targets = target_pages(context, c.k)
+        slot_weight = torch.ones(targets.shape, dtype=torch.float32)
+        if c.sft_slots == "engaged":
+            slot_weight = (context.engaged.gather(1, targets.clamp(min=0)) & (targets >= 0)).float()
+        trained = torch.nonzero(slot_weight.sum(1) > 0).squeeze(1)
+        optimizer = torch.optim.AdamW(policy.parameters(), lr=c.sft_lr, weight_decay=1e-4)
+        losses = []
+        policy.train()
+        for _ in progress_bar(range(c.sft_epochs), desc="pagellm sft", leave=False):
+            order = trained[torch.randperm(trained.numel(), generator=generator)]
+            total = 0.0
+            for start in range(0, order.numel(), c.batch_size):
+                rows = order[start : start + c.batch_size]
+                log_probs = policy.evaluate(context.select(rows), targets[rows])[0]
+                loss = -(log_probs * slot_weight[rows]).sum(1).mean()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                total += loss.item() * rows.numel()
+            losses.append(total / max(order.numel(), 1))
+        policy.eval()
+        return [losses[0], losses[-1]] if losses else []
+
+    def _fit_reward(
+        self,
+        model: torch.nn.Module,
+        score: PageScore,
+        context: PageContext,
+        train: PreferencePairs,
+        test: PreferencePairs,
+        generator: torch.Generator,
+    ) -> dict[str, Any]:
+        c = self.config
+        model.train()
+        losses = train_bradley_terry(
+            score, list(model.parameters()), context, train.rows, train.better, train.worse,
+            c.reward_epochs, c.reward_lr, c.batch_size, generator,
+        )  # fmt: skip
+        model.eval()
+        return {
+            "loss_first": losses[0] if losses else None,
+            "loss_last": losses[-1] if losses else None,
+            "train_pairs": int(train.rows.numel()),
+            "heldout_pair_accuracy": pair_accuracy(score, context, test.rows, test.better, test.worse),
+        }
+
+    def _mixed_reward(
+        self,
+        policy: PagePolicy,
+        context: PageContext,
+        page_model: PageRewardModel,
+        item_model: ItemRewardModel,
+        weights: torch.Tensor,
+    ) -> MixedReward:
+        c = self.config
+        page_scale, item_scale = (0.0, 1.0), (0.0, 1.0)
+        if c.normalise_rewards:  # units of each model's spread over the SFT policy's own pages
+            with torch.no_grad():
+                pages = policy.generate(context, greedy=True)
+                page_values = page_model(context, pages)
+                item_values = item_model.item_rewards(context, pages)[pages >= 0]
+            page_scale = (float(page_values.mean()), float(page_values.std().clamp(min=1e-6)))
+            item_scale = (float(item_values.mean()), float(item_values.std().clamp(min=1e-6)))
+        return MixedReward(
+            page_model if c.page_reward else None,
+            item_model.item_rewards if c.item_reward else None,
+            c.alpha,
+            weights,
+            page_scale,
+            item_scale,
+        )
+
+    def arrange(self, inputs: PageInputs, k: int) -> Page:
+        if self.policy is None:
+            raise DataError("page pagellm: arrange before fit (no policy)")
+        context, fused = self.context(inputs)
+        with torch.no_grad():
+            page = self.policy.generate(context, greedy=True)
+        first = torch.where(page >= 0, context.columns.gather(1, page.clamp(min=0)), -1)
+        return page_order(inputs.candidates, fused, first)
+
+    # ---- persistence ----------------------------------------------------------------------------
+    def save_state(self, path: Path) -> dict[str, Any]:
+        if self.policy is None:
+            raise DataError("page pagellm: nothing to save before fit")
+        save_weights(self.policy, path / "policy.safetensors")
+        codes = self.policy.tokens.codes
+        return {
+            "vocab": self.policy.vocab,
+            "feature_dim": self.policy.feature_dim,
+            "code_shape": [int(n) for n in codes.shape],
+        }
+
+    def load_state(self, path: Path, meta: dict[str, Any]) -> None:
+        codes = torch.zeros(meta["code_shape"], dtype=torch.long)  # the saved codes replace these
+        policy = PagePolicy(codes, meta["vocab"], meta["feature_dim"], self.config.k, self.config.model)
+        load_weights(policy, path / "policy.safetensors")
+        self.policy = policy.eval()
