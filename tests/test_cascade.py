@@ -136,7 +136,7 @@ def test_cli_recommend(world_dataset, tmp_path):
     assert result.exit_code == 2 and "does not exist" in result.output
 
 
-@pytest.mark.parametrize("name", ["ml-100k.yaml", "amazon-beauty.yaml"])
+@pytest.mark.parametrize("name", ["ml-100k.yaml", "amazon-beauty.yaml", "world-pagellm.yaml"])
 def test_shipped_configs_build(name):
     from pathlib import Path
 
