@@ -58,9 +58,18 @@ def test_history_mask_marks_items_the_user_consumed():
     assert history_mask(batch, torch.tensor([[4, 5], [9, 3]])).tolist() == [[True, False], [True, False]]
 
 
+TINY_LLM_PAGE = {**TINY_PAGELLM, "backbone": "llm", "llm": {"model": "tiny"}, "lora": {"r": 4}, "sft_epochs": 1}
+
+
 @pytest.mark.parametrize(
     "page",
-    [{"name": "ranker_topk"}, {"name": "mmr", "pool": 12, "item_space": {"dim": 8, "codebook_size": 4}}, TINY_PAGELLM],
+    [
+        {"name": "ranker_topk"},
+        {"name": "mmr", "pool": 12, "item_space": {"dim": 8, "codebook_size": 4}},
+        TINY_PAGELLM,
+        TINY_LLM_PAGE,
+    ],
+    ids=["ranker_topk", "mmr", "pagellm", "pagellm-llm"],
 )
 def test_arrangers_fit_serve_and_survive_save_load(world_dataset, tmp_path, page):
     cascade = Cascade(run_config(page)).fit(world_dataset, tmp_path / "run", progress=lambda m: None)

@@ -26,9 +26,9 @@ from recstack.errors import DataError
 from recstack.page.base import PageInputs, page_order
 from recstack.page.fused import FusedPage, fuse_scores
 from recstack.page.item_space import item_space
+from recstack.page.pagellm.backbones import AnyPagePolicy, build_policy, load_policy, save_policy
 from recstack.page.pagellm.config import PageLLMConfig
 from recstack.page.pagellm.context import PageContext, build_context
-from recstack.page.pagellm.model import PagePolicy
 from recstack.page.pagellm.pairs import PreferencePairs, build_pairs, target_pages
 from recstack.page.pagellm.ppo import ppo_train
 from recstack.page.pagellm.rewards import (
@@ -42,7 +42,6 @@ from recstack.page.pagellm.rewards import (
 )
 from recstack.progress import progress_bar
 from recstack.registry import register
-from recstack.train.checkpoint import load_weights, save_weights
 
 
 @register("page", "pagellm", config=PageLLMConfig)
@@ -53,7 +52,7 @@ class PageLLMPage(FusedPage):
 
     def __init__(self, config: PageLLMConfig | None = None) -> None:
         super().__init__(config or PageLLMConfig())
-        self.policy: PagePolicy | None = None
+        self.policy: AnyPagePolicy | None = None
 
     def context(self, inputs: PageInputs) -> tuple[PageContext, torch.Tensor]:
         """(PageContext of the pool, fused scores [B, K] of every candidate)."""
@@ -73,7 +72,7 @@ class PageLLMPage(FusedPage):
         report["requests"] = len(context)
         report["requests_engaged_in_pool"] = int(context.engaged.any(1).sum())
         features = context.features.shape[2]
-        policy = PagePolicy(space.codes, space.vocab, features, c.k, c.model)
+        policy = build_policy(c, space.codes, space.vocab, features)
         report["sft_loss"] = self._sft(policy, context, generator)
         reference = copy.deepcopy(policy).eval().requires_grad_(False)
 
@@ -109,7 +108,7 @@ class PageLLMPage(FusedPage):
         report["seconds"] = round(time.perf_counter() - started, 2)
         return report
 
-    def _sft(self, policy: PagePolicy, context: PageContext, generator: torch.Generator) -> list[float]:
+    def _sft(self, policy: AnyPagePolicy, context: PageContext, generator: torch.Generator) -> list[float]:
         """Teacher-forced negative log-likelihood of the target pages; mean per page, per epoch."""
         c = self.config
         targets = target_pages(context, c.k)
@@ -160,7 +159,7 @@ class PageLLMPage(FusedPage):
 
     def _mixed_reward(
         self,
-        policy: PagePolicy,
+        policy: AnyPagePolicy,
         context: PageContext,
         page_model: PageRewardModel,
         item_model: ItemRewardModel,
@@ -197,16 +196,7 @@ class PageLLMPage(FusedPage):
     def save_state(self, path: Path) -> dict[str, Any]:
         if self.policy is None:
             raise DataError("page pagellm: nothing to save before fit")
-        save_weights(self.policy, path / "policy.safetensors")
-        codes = self.policy.tokens.codes
-        return {
-            "vocab": self.policy.vocab,
-            "feature_dim": self.policy.feature_dim,
-            "code_shape": [int(n) for n in codes.shape],
-        }
+        return save_policy(self.policy, path)
 
     def load_state(self, path: Path, meta: dict[str, Any]) -> None:
-        codes = torch.zeros(meta["code_shape"], dtype=torch.long)  # the saved codes replace these
-        policy = PagePolicy(codes, meta["vocab"], meta["feature_dim"], self.config.k, self.config.model)
-        load_weights(policy, path / "policy.safetensors")
-        self.policy = policy.eval()
+        self.policy = load_policy(self.config, path, meta)

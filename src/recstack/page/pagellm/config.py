@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from recstack.errors import ConfigError
 from recstack.page.fused import PageConfig
@@ -47,7 +48,15 @@ class PageLLMConfig(PageConfig):
 
     pool: int = 50
     """top fused candidates the policy chooses the page from (the paper's candidate set in the prompt)"""
+    backbone: str = "transformer"
+    """the page policy: "transformer" (small encoder-decoder, model.py) or "llm" (a causal LM with LoRA and
+    added semantic-ID tokens, llm_policy.py, as in the paper)"""
     model: PageModelConfig = field(default_factory=PageModelConfig)
+    """the transformer backbone, and the reward models (always this architecture)"""
+    llm: dict[str, Any] = field(default_factory=dict)
+    """backbone llm: the LLMConfig mapping ({} = the offline SmolLM2-135M-Instruct; {model: tiny} in tests)"""
+    lora: dict[str, Any] = field(default_factory=dict)
+    """backbone llm: LoraSettings overrides (r, alpha, dropout, target_modules)"""
     item_space: ItemSpaceConfig = field(default_factory=ItemSpaceConfig)
     sft_epochs: int = 20
     sft_lr: float = 2e-3
@@ -85,6 +94,8 @@ class PageLLMConfig(PageConfig):
             raise ConfigError(f"page.pool ({self.pool}) must be >= page.k ({self.k})")
         if not 0.0 <= self.alpha <= 1.0:
             raise ConfigError(f"page.alpha must be in [0, 1], got {self.alpha}")
+        if self.backbone not in ("transformer", "llm"):
+            raise ConfigError(f"page.backbone must be 'transformer' or 'llm', got {self.backbone!r}")
         if self.position_weights not in ("dcg", "uniform"):
             raise ConfigError(f"page.position_weights must be 'dcg' or 'uniform', got {self.position_weights!r}")
         if self.sft_slots not in ("engaged", "page"):

@@ -75,6 +75,11 @@ class PagePolicy(nn.Module):
         self.value_head = nn.Linear(d, 1)
         self.norm = nn.LayerNorm(d)
 
+    @property
+    def codes(self) -> torch.Tensor:
+        """[num_items + 1, C] the semantic IDs the policy spells items with."""
+        return self.tokens.codes
+
     def encode(self, context: PageContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> memory [B, S, D], memory mask [B, S], encoded candidates [B, N, D] (S = 1 + H + N)."""
         head, head_mask = self.tokens.context(context)

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from recstack.page.pagellm.backbones import AnyPagePolicy
 from recstack.page.pagellm.config import PPOConfig
 from recstack.page.pagellm.context import PageContext
-from recstack.page.pagellm.model import PagePolicy
 from recstack.page.pagellm.rewards import MixedReward
 
 
@@ -35,8 +35,8 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, live: torch.Tensor, gamma: 
 
 
 def ppo_train(
-    policy: PagePolicy,
-    reference: PagePolicy | None,
+    policy: AnyPagePolicy,
+    reference: AnyPagePolicy | None,
     context: PageContext,
     reward: MixedReward,
     config: PPOConfig,
