@@ -168,8 +168,8 @@ class PageLLMPage(FusedPage):
         c = self.config
         page_scale, item_scale = (0.0, 1.0), (0.0, 1.0)
         if c.normalise_rewards:  # units of each model's spread over the SFT policy's own pages
+            pages = generate_in_chunks(policy, context, c.batch_size)
             with torch.no_grad():
-                pages = policy.generate(context, greedy=True)
                 page_values = page_model(context, pages)
                 item_values = item_model.item_rewards(context, pages)[pages >= 0]
             page_scale = (float(page_values.mean()), float(page_values.std().clamp(min=1e-6)))
@@ -187,8 +187,7 @@ class PageLLMPage(FusedPage):
         if self.policy is None:
             raise DataError("page pagellm: arrange before fit (no policy)")
         context, fused = self.context(inputs)
-        with torch.no_grad():
-            page = self.policy.generate(context, greedy=True)
+        page = generate_in_chunks(self.policy, context, self.config.batch_size)
         first = torch.where(page >= 0, context.columns.gather(1, page.clamp(min=0)), -1)
         return page_order(inputs.candidates, fused, first)
 
@@ -200,3 +199,13 @@ class PageLLMPage(FusedPage):
 
     def load_state(self, path: Path, meta: dict[str, Any]) -> None:
         self.policy = load_policy(self.config, path, meta)
+
+
+def generate_in_chunks(policy: AnyPagePolicy, context: PageContext, rows: int) -> torch.Tensor:
+    """Greedy pages [B, k] written `rows` requests at a time (bounds an LLM backbone's memory)."""
+    with torch.no_grad():
+        parts = [
+            policy.generate(context.select(torch.arange(start, min(start + rows, len(context)))), greedy=True)
+            for start in range(0, len(context), rows)
+        ]
+    return torch.cat(parts) if parts else torch.empty(0, policy.slots, dtype=torch.long)

@@ -84,10 +84,13 @@ class LLMPagePolicy(nn.Module):
     def hidden(self, embeds: torch.Tensor, past: Any = None) -> tuple[torch.Tensor, Any]:
         """Last hidden states [B, T, D] of `embeds` after the cached `past`, and the extended cache.
         transformers >= 5.2x names the cache `cache` (earlier: `past_key_values`); both are accepted."""
-        extra = {} if past is None else {("cache" if self.cache_key == "cache" else "past_key_values"): past}
-        out = self.lm(inputs_embeds=embeds, use_cache=True, output_hidden_states=True, **extra)
+        extra = {} if past is None else {self.cache_key: past}
+        # The decoder body, not the LM head: only the last hidden state is needed (the added tokens are
+        # scored by their own table), and every layer's states of a long prompt would not fit in memory.
+        body = self.lm.get_base_model().model if hasattr(self.lm, "get_base_model") else self.lm.model
+        out = body(inputs_embeds=embeds, use_cache=True, **extra)
         self.cache_key = "cache" if out.get("cache") is not None else "past_key_values"
-        return out.hidden_states[-1], out.get(self.cache_key)
+        return out.last_hidden_state, out.get(self.cache_key)
 
     def token_logits(self, hidden: torch.Tensor, level: int) -> torch.Tensor:
         """hidden [..., D] -> logits over level `level`'s codes [..., vocab[level]]."""
