@@ -12,6 +12,7 @@ from recstack.cli.eval import eval_command
 from recstack.cli.posttrain import posttrain_command
 from recstack.cli.recommend import recommend_command
 from recstack.cli.run import bench_command, run_command
+from recstack.cli.serve import serve_command
 from recstack.cli.simulate import simulate_command
 
 app = typer.Typer(
@@ -30,6 +31,7 @@ app.command("eval")(friendly_errors(eval_command))
 app.command("recommend")(friendly_errors(recommend_command))
 app.command("simulate")(friendly_errors(simulate_command))
 app.command("posttrain")(friendly_errors(posttrain_command))
+app.command("serve")(friendly_errors(serve_command))
 
 
 if __name__ == "__main__":
