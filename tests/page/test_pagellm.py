@@ -89,6 +89,7 @@ def test_policy_pages_are_distinct_and_log_probs_match_generation():
     assert blocked[:, 0, 5].all() and not blocked[:, 0, page[:, 0]].any()
 
 
+@pytest.mark.learns
 def test_item_reward_model_learns_position_swaps():
     torch.manual_seed(seeded())
     context, codes = toy_context(64)
