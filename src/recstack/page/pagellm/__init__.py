@@ -2,5 +2,5 @@
 
 config.py (every [I] a field) -> context.py (the pool a page is written from) -> model.py (item tokens,
 the policy) -> pairs.py (target pages, four preference families) -> rewards.py (reward models, their
-mix) -> ppo.py -> arranger.py (`page: {name: pagellm}` in a run config).
+mix) -> sft.py, ppo.py -> backbones.py / llm_policy.py (the LLM option) -> arranger.py (`page: {name: pagellm}` in a run config).
 """

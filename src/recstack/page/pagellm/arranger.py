@@ -29,7 +29,7 @@ from recstack.page.item_space import item_space
 from recstack.page.pagellm.backbones import AnyPagePolicy, build_policy, load_policy, save_policy
 from recstack.page.pagellm.config import PageLLMConfig
 from recstack.page.pagellm.context import PageContext, build_context
-from recstack.page.pagellm.pairs import PreferencePairs, build_pairs, target_pages
+from recstack.page.pagellm.pairs import PreferencePairs, build_pairs
 from recstack.page.pagellm.ppo import ppo_train
 from recstack.page.pagellm.rewards import (
     ItemRewardModel,
@@ -40,6 +40,7 @@ from recstack.page.pagellm.rewards import (
     position_weights,
     train_bradley_terry,
 )
+from recstack.page.pagellm.sft import generate_in_chunks, train_sft
 from recstack.progress import progress_bar
 from recstack.registry import register
 
@@ -73,7 +74,7 @@ class PageLLMPage(FusedPage):
         report["requests_engaged_in_pool"] = int(context.engaged.any(1).sum())
         features = context.features.shape[2]
         policy = build_policy(c, space.codes, space.vocab, features)
-        report["sft_loss"] = self._sft(policy, context, generator)
+        report["sft_loss"] = train_sft(policy, context, c, generator)
         reference = copy.deepcopy(policy).eval().requires_grad_(False)
 
         pairs = build_pairs(context, space.codes, c.k, c.families, c.pairs_per_family, generator)
@@ -83,7 +84,6 @@ class PageLLMPage(FusedPage):
         weights = position_weights(c.k, c.position_weights)
         page_model = PageRewardModel(space.codes, space.vocab, features, c.k, c.model)
         item_model = ItemRewardModel(space.codes, space.vocab, features, c.k, c.model)
-        item_families = [f for f in ("relevance", "ranking") if f in c.families]
         report["page_reward"] = self._fit_reward(page_model, page_model, context, train, test, generator)
         item_families = [f for f in ("relevance", "ranking") if f in c.families]
 
@@ -107,32 +107,6 @@ class PageLLMPage(FusedPage):
         self.policy = policy.eval()
         report["seconds"] = round(time.perf_counter() - started, 2)
         return report
-
-    def _sft(self, policy: AnyPagePolicy, context: PageContext, generator: torch.Generator) -> list[float]:
-        """Teacher-forced negative log-likelihood of the target pages; mean per page, per epoch."""
-        c = self.config
-        targets = target_pages(context, c.k)
-        slot_weight = torch.ones(targets.shape, dtype=torch.float32)
-        if c.sft_slots == "engaged":
-            slot_weight = (context.engaged.gather(1, targets.clamp(min=0)) & (targets >= 0)).float()
-        trained = torch.nonzero(slot_weight.sum(1) > 0).squeeze(1)
-        optimizer = torch.optim.AdamW(policy.parameters(), lr=c.sft_lr, weight_decay=1e-4)
-        losses = []
-        policy.train()
-        for _ in progress_bar(range(c.sft_epochs), desc="pagellm sft", leave=False):
-            order = trained[torch.randperm(trained.numel(), generator=generator)]
-            total = 0.0
-            for start in range(0, order.numel(), c.batch_size):
-                rows = order[start : start + c.batch_size]
-                log_probs = policy.evaluate(context.select(rows), targets[rows])[0]
-                loss = -(log_probs * slot_weight[rows]).sum(1).mean()
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                total += loss.item() * rows.numel()
-            losses.append(total / max(order.numel(), 1))
-        policy.eval()
-        return [losses[0], losses[-1]] if losses else []
 
     def _fit_reward(
         self,
@@ -199,13 +173,3 @@ class PageLLMPage(FusedPage):
 
     def load_state(self, path: Path, meta: dict[str, Any]) -> None:
         self.policy = load_policy(self.config, path, meta)
-
-
-def generate_in_chunks(policy: AnyPagePolicy, context: PageContext, rows: int) -> torch.Tensor:
-    """Greedy pages [B, k] written `rows` requests at a time (bounds an LLM backbone's memory)."""
-    with torch.no_grad():
-        parts = [
-            policy.generate(context.select(torch.arange(start, min(start + rows, len(context)))), greedy=True)
-            for start in range(0, len(context), rows)
-        ]
-    return torch.cat(parts) if parts else torch.empty(0, policy.slots, dtype=torch.long)

@@ -45,7 +45,8 @@ def ppo_train(
 ) -> list[dict[str, Any]]:
     """Run config.steps PPO iterations on requests drawn from `context`; returns one record per step
     (mean total reward of the sampled pages, KL to the reference, losses, seconds)."""
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=0.0)
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=0.0)
     history = []
     for step in range(config.steps):
         started = time.perf_counter()
@@ -76,7 +77,7 @@ def ppo_train(
             loss = policy_loss + config.value_coef * value_loss - config.entropy_coef * entropy_mean
             optimizer.zero_grad()
             loss.backward()
-            nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+            nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()
         record = {
             "step": step + 1,
