@@ -10,31 +10,45 @@ from typing import Any
 
 import typer
 
-from recstack.errors import DataError
+from recstack.errors import ConfigError, DataError
+from recstack.serve.config import ServeConfig
+
+_D = ServeConfig()  # the defaults, shown in --help
 
 
 def serve_command(
     run_dir: Path = typer.Argument(..., help="run folder written by `recstack run`"),
-    host: str | None = typer.Option(None, help="interface to listen on [default: 127.0.0.1, loopback only]"),
-    port: int | None = typer.Option(None, help="port [default: 8000]"),
-    workers: int | None = typer.Option(None, help="uvicorn worker processes, each with its own model [default: 1]"),
-    max_k: int | None = typer.Option(None, "--max-k", help="largest page a request may ask for [default: 100]"),
+    host: str | None = typer.Option(None, help=f"interface to listen on (default: {_D.host})"),
+    port: int | None = typer.Option(None, help=f"port (default: {_D.port})"),
+    workers: int | None = typer.Option(
+        None, help=f"uvicorn worker processes, each with its own model (default: {_D.workers})"
+    ),
+    max_k: int | None = typer.Option(None, "--max-k", help=f"largest page a request may ask for (default: {_D.max_k})"),
     micro_batching: bool | None = typer.Option(
-        None, "--micro-batching/--no-micro-batching", help="serve concurrent requests together [default: on]"
+        None,
+        "--micro-batching/--no-micro-batching",
+        help=f"serve concurrent requests together (default: {_D.micro_batching})",
     ),
-    max_batch: int | None = typer.Option(None, "--max-batch", help="most requests per micro-batch [default: 64]"),
+    max_batch: int | None = typer.Option(
+        None, "--max-batch", help=f"most requests per micro-batch (default: {_D.max_batch})"
+    ),
     max_wait_ms: float | None = typer.Option(
-        None, "--max-wait-ms", help="longest wait for a micro-batch to fill [default: 2]"
+        None, "--max-wait-ms", help=f"longest wait for a micro-batch to fill (default: {_D.max_wait_ms})"
     ),
-    threads: int | None = typer.Option(None, "--threads", help="torch threads for inference [default: torch's]"),
-    log_level: str | None = typer.Option(None, "--log-level", help="uvicorn log level [default: info]"),
+    threads: int | None = typer.Option(None, "--threads", help="torch threads for inference (default: torch's own)"),
+    log_level: str | None = typer.Option(None, "--log-level", help=f"uvicorn log level (default: {_D.log_level})"),
 ) -> None:
     """Serve pages over HTTP: POST /v1/recommend, demo page at /, docs at /docs, metrics at /metrics.
 
     Hot reload: set RECSTACK_ADMIN_TOKEN, then POST /admin/reload with `Authorization: Bearer <token>`,
     or send SIGHUP."""
+    try:
+        import fastapi  # noqa: F401
+        import prometheus_client  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(f"recstack serve needs {exc.name}: pip install 'recstack[serve]'") from exc
     from recstack.config import from_dict
-    from recstack.serve.config import ServeConfig
     from recstack.serve.server import serve
 
     if not (run_dir / "config.json").is_file():

@@ -11,7 +11,20 @@ admin.py     POST /admin/reload (token from the environment) and SIGHUP
 metrics.py   Prometheus metrics; demo.py the page at `/`; app.py the routes; server.py uvicorn
 """
 
-from recstack.serve.app import create_app
+from __future__ import annotations
+
+from typing import Any
+
 from recstack.serve.config import ServeConfig
 
 __all__ = ["ServeConfig", "create_app"]
+
+
+def __getattr__(name: str) -> Any:
+    """`create_app` is imported on first use: importing the package (as the CLI does) stays light and
+    works without the serve extra installed."""
+    if name == "create_app":
+        from recstack.serve.app import create_app
+
+        return create_app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
