@@ -2,8 +2,10 @@
 
 Every model call runs on one dedicated thread, so the event loop keeps accepting requests while the
 model works and torch's intra-op threads are not oversubscribed by competing calls. While a batch runs,
-new requests pile up in the queue; the next batch takes up to `max_batch` of them at once. Only the
-first request of a batch under light load waits up to `max_wait_ms` for company. With batching off,
+new requests pile up in the queue; the next batch takes up to `max_batch` of them at once. The first
+request of a batch waits up to `max_wait_ms` for company only when there is traffic (others queued, or
+the previous batch had several requests): a lone request at light load goes straight to the model,
+so batching costs it no latency. With batching off,
 each request is its own model call on the same thread (the baseline that batching is measured against).
 
 If a batch fails, its requests are retried one by one, so one bad request fails alone.
@@ -30,6 +32,7 @@ class MicroBatcher(Generic[T, R]):
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recstack-model")
         self._queue: asyncio.Queue[tuple[T, float, asyncio.Future[tuple[R, float]]]] | None = None
         self._worker: asyncio.Task[None] | None = None
+        self._last_size = 0
 
     async def start(self) -> None:
         if self.enabled:
@@ -67,10 +70,11 @@ class MicroBatcher(Generic[T, R]):
         queue = self._queue
         while True:
             jobs = [await queue.get()]
-            if queue.qsize() < self.max_batch - 1 and self.max_wait > 0:
+            if (queue.qsize() or self._last_size > 1) and queue.qsize() < self.max_batch - 1 and self.max_wait > 0:
                 await asyncio.sleep(self.max_wait)
             while len(jobs) < self.max_batch and not queue.empty():
                 jobs.append(queue.get_nowait())
+            self._last_size = len(jobs)
             await self._run(jobs)
 
     async def _run(self, jobs: list[tuple[T, float, asyncio.Future[tuple[R, float]]]]) -> None:
