@@ -51,6 +51,8 @@ def render_demo(
     error: str | None,
 ) -> str:
     info = model.describe()
+    if user_id is not None and user_id not in users:  # a typed-in id shows as the selected one
+        users = [user_id, *users]
     options = "".join(
         f'<option value="{escape(u)}"{" selected" if u == user_id else ""}>{escape(u)}</option>' for u in users
     )
