@@ -177,6 +177,22 @@ def test_save_load_identical_scores(successor, fitted, tmp_path):
     assert not list(tmp_path.rglob("*.pt")) and not list(tmp_path.rglob("*.pkl"))
 
 
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_faiss_serving_returns_the_exact_top_k(successor, fitted, kind):
+    """serving: faiss over the item table: the same items and scores as exact scoring (flat is exact; HNSW
+    on a dozen items explores the whole graph), history still left out."""
+    users, _ = successor.eval_users("test")
+    batch = successor.user_batch(users, before="test")
+    exact = fitted.retrieve(batch, k=5)
+    fitted.config.serving, fitted.config.ann.kind, fitted.ann = "faiss", kind, None
+    try:
+        served = fitted.retrieve(batch, k=5)
+    finally:
+        fitted.config.serving, fitted.ann = "exact", None
+    assert torch.equal(served.items, exact.items)
+    assert torch.allclose(served.scores, exact.scores, atol=1e-4)
+
+
 def test_hstu_time_bias_follows_timestamp_kind(tmp_path):
     timed = successor_dataset(num_users=12, timestamp_kind="unix_seconds")
     ordered = successor_dataset(num_users=12, timestamp_kind="order")

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from recstack.config import from_dict, to_dict
+from recstack.data.batch import Candidates, UserBatch
 from recstack.data.jagged import Jagged
 from recstack.errors import ConfigError, DataError
 
@@ -171,3 +172,18 @@ class AnnIndex:
             raise DataError(f"{files[0]}: holds {ann.size} vectors but {files[1].name} says {meta['size']}")
         ann._apply_search_parameters()
         return ann
+
+
+def ann_candidates(
+    index: AnnIndex,
+    queries: torch.Tensor,
+    batch: UserBatch,
+    k: int,
+    exclude_history: bool,
+    channel: str,
+    scale: float = 1.0,
+) -> Candidates:
+    """A retriever's top-k from the index: queries [B, D] (user vectors), history left out when asked,
+    scores multiplied by `scale` (e.g. 1 / temperature, so they match the exact path's score_all)."""
+    ids, scores = index.search(queries, min(k, index.size), batch.history if exclude_history else None)
+    return Candidates.from_topk(ids, scores * scale, channel)

@@ -34,7 +34,7 @@ from recstack.errors import ConfigError, DataError
 from recstack.nn.categorical import FeatureBag, TokenTable, categorical_tokens, is_categorical
 from recstack.nn.mlp import MLP
 from recstack.registry import register
-from recstack.retrieval.ann import AnnConfig, AnnIndex
+from recstack.retrieval.ann import AnnConfig, AnnIndex, ann_candidates
 from recstack.retrieval.base import Retriever
 from recstack.train import (
     CallableBatchSource,
@@ -345,9 +345,9 @@ class TwoTower(Retriever):
         if self.config.serving != "faiss" or self._fitting:  # validation during fit ranks exactly
             return super().retrieve(batch, k, exclude_history)
         index = self.ann if self.ann is not None else self.build_index()
-        k = min(k, index.size)
-        ids, scores = index.search(self.user_vectors(batch), k, batch.history if exclude_history else None)
-        return Candidates.from_topk(ids, scores / self.config.temperature, self.name)
+        return ann_candidates(
+            index, self.user_vectors(batch), batch, k, exclude_history, self.name, 1.0 / self.config.temperature
+        )
 
     def build_index(self) -> AnnIndex:
         vectors = self.item_vectors()

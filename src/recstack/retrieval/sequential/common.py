@@ -20,11 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recstack.data.batch import UserBatch
+from recstack.data.batch import Candidates, UserBatch
 from recstack.data.dataset import Dataset
 from recstack.data.jagged import Jagged
 from recstack.errors import ConfigError, DataError
 from recstack.nn.sequence_encoder import CausalSequenceEncoder
+from recstack.retrieval.ann import AnnConfig, AnnIndex, ann_candidates
 from recstack.retrieval.base import Retriever
 from recstack.train import CallableBatchSource, TrainConfig, Trainer, load_weights, save_weights, seed_everything
 from recstack.train.batches import epoch_permutation
@@ -75,6 +76,10 @@ class SequentialConfig:
     ce_bfloat16: bool = False  # bfloat16 matmuls in that loss (AMX CPUs, GPUs); softmax stays float32
     eval_batch_size: int = 1024
     device: str = "cpu"
+    serving: Literal["exact", "faiss"] = "exact"
+    """retrieve() by exact scores over every item, or by a FAISS index over the item table (`ann`; built
+    lazily on first use, not saved: it is rebuilt from the weights in about a second)"""
+    ann: AnnConfig = field(default_factory=AnnConfig)
     train: TrainConfig = field(default_factory=_train_defaults)
 
     def __post_init__(self) -> None:
@@ -322,6 +327,8 @@ class SequentialRetriever(Retriever):
         self.use_time = False
         self.result: Any = None  # TrainResult of the last fit
         self.seconds: dict[str, float] = {}
+        self.ann: AnnIndex | None = None
+        self._fitting = False  # validation during fit always ranks exactly
 
     def build_encoder(self, num_items: int, use_time: bool) -> CausalSequenceEncoder:
         raise NotImplementedError
@@ -364,9 +371,13 @@ class SequentialRetriever(Retriever):
 
         started = time.perf_counter()
         # Valid items are training targets in a refit, so nothing is left to stop on: all epochs run.
-        self.result = Trainer(
-            model, train, source, evaluate=None if refit else evaluate, device=self.config.device
-        ).fit()
+        self._fitting, self.ann = True, None  # new weights: any index of the old ones is stale
+        try:
+            self.result = Trainer(
+                model, train, source, evaluate=None if refit else evaluate, device=self.config.device
+            ).fit()
+        finally:
+            self._fitting = False
         total = time.perf_counter() - started
         epochs = max(len(self.result.history), 1)
         self.seconds = {
@@ -417,6 +428,15 @@ class SequentialRetriever(Retriever):
             states[rows.to(device)] = model.user_states(part.to_padded(width).long().to(device), timestamps)
         model.train(was_training)
         return states
+
+    def retrieve(self, batch: UserBatch, k: int, exclude_history: bool = True) -> Candidates:
+        if self.config.serving != "faiss" or self._fitting:
+            return super().retrieve(batch, k, exclude_history)
+        if self.ann is None:
+            table = self._require_model().item_table().detach().float().cpu()
+            self.ann = AnnIndex(self.config.ann).build(table[1:], torch.arange(1, table.shape[0]))
+        queries = self.user_embeddings(batch).float().cpu()
+        return ann_candidates(self.ann, queries, batch, k, exclude_history, self.name, 1.0 / self.config.temperature)
 
     @torch.no_grad()
     def score_all(self, batch: UserBatch) -> torch.Tensor:
