@@ -90,6 +90,7 @@ async def load_level(
     warmup: int,
     seed: int,
     reload_every: float = 0.0,
+    server_pid: int | None = None,
 ) -> dict[str, Any]:
     """`concurrency` closed-loop clients until `requests` are sent or `seconds` pass; with `reload_every`,
     POST /admin/reload (same run) every that many seconds meanwhile."""
@@ -102,6 +103,7 @@ async def load_level(
     async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
         for _ in range(warmup):
             await client.post("/v1/recommend", json={"user_id": rng.choice(users), "k": 10})
+        rss_start = rss_mb(server_pid)  # after the warm-up: growth from here is what a soak checks
         sent, started = 0, time.perf_counter()
         deadline = started + seconds
 
@@ -148,6 +150,7 @@ async def load_level(
         "reloads": reloads,
         "mean_batch": round(float(np.mean(batch_sizes)), 2) if batch_sizes else None,
         "server_stage_mean_ms": {s: round(float(np.mean(v)), 3) for s, v in stages.items()},
+        "server_rss_start_mb": rss_start,
     }
 
 
@@ -234,6 +237,7 @@ def main() -> None:
                         args.warmup,
                         args.seed + level,
                         args.reload_every,
+                        server.pid if server else None,
                     )
                 )
                 mode = "server" if batching is None else f"server, micro-batching {'on' if batching else 'off'}"
