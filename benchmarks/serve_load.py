@@ -91,6 +91,7 @@ async def load_level(
     seed: int,
     reload_every: float = 0.0,
     server_pid: int | None = None,
+    rss_every: float = 0.0,
 ) -> dict[str, Any]:
     """`concurrency` closed-loop clients until `requests` are sent or `seconds` pass; with `reload_every`,
     POST /admin/reload (same run) every that many seconds meanwhile."""
@@ -134,7 +135,14 @@ async def load_level(
                 response = await client.post("/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
                 reloads[str(response.status_code)] = reloads.get(str(response.status_code), 0) + 1
 
-        await asyncio.gather(reloader(), *(worker() for _ in range(concurrency)))
+        rss_trace: list[tuple[float, float | None]] = []
+
+        async def rss_sampler() -> None:  # the server's resident memory over the level (soak)
+            while rss_every > 0 and sent < requests and time.perf_counter() + rss_every < deadline:
+                await asyncio.sleep(rss_every)
+                rss_trace.append((round(time.perf_counter() - started, 1), rss_mb(server_pid)))
+
+        await asyncio.gather(reloader(), rss_sampler(), *(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - started
     ms = np.array(latencies) * 1000 if latencies else np.array([float("nan")])
     return {
@@ -151,6 +159,7 @@ async def load_level(
         "mean_batch": round(float(np.mean(batch_sizes)), 2) if batch_sizes else None,
         "server_stage_mean_ms": {s: round(float(np.mean(v)), 3) for s, v in stages.items()},
         "server_rss_start_mb": rss_start,
+        "server_rss_trace": rss_trace,
     }
 
 
@@ -202,6 +211,7 @@ def main() -> None:
         help="extra `recstack serve` options, e.g. --server-args='--threads 1 --max-wait-ms 0'",
     )
     parser.add_argument("--reload-every", type=float, default=0.0, help="with --run: hot reload every S seconds")
+    parser.add_argument("--rss-every", type=float, default=0.0, help="sample the server's RSS every S seconds")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if bool(args.run) == bool(args.url):
@@ -238,6 +248,7 @@ def main() -> None:
                         args.seed + level,
                         args.reload_every,
                         server.pid if server else None,
+                        args.rss_every,
                     )
                 )
                 mode = "server" if batching is None else f"server, micro-batching {'on' if batching else 'off'}"
