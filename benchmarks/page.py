@@ -24,7 +24,7 @@ from recstack.cascade import Cascade
 from recstack.cli.run import set_threads
 from recstack.data.dataset import Dataset
 from recstack.eval.topk import topk_metrics
-from recstack.page.base import build_page
+from recstack.page.base import build_page, distinct_per_row
 from recstack.page.item_space import ItemSpaceConfig, item_space
 
 METHODS: dict[str, dict[str, Any]] = {
@@ -84,7 +84,7 @@ def main() -> None:
             serve_seconds = time.perf_counter() - started
             metrics = topk_metrics(page.items, test.targets, [k, 100], ("recall", "ndcg"))
             top = page.items[:, :k]
-            distinct = torch.tensor([len(set(row.tolist())) for row in categories[top]]).float().mean()
+            distinct = distinct_per_row(categories[top], top > 0).float().mean()
             record = {
                 "date": datetime.date.today().isoformat(),
                 "dataset": dataset.name,

@@ -119,6 +119,21 @@ def page_order(candidates: Candidates, order_scores: torch.Tensor, first: torch.
     )
 
 
+def minmax_rows(scores: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """scores [B, K] scaled to [0, 1] within each row over the `real` [B, K] slots (0 elsewhere)."""
+    low = scores.masked_fill(~real, float("inf")).min(1, keepdim=True).values
+    high = scores.masked_fill(~real, float("-inf")).max(1, keepdim=True).values
+    return ((scores - low) / (high - low).clamp(min=1e-12)).masked_fill(~real, 0.0)
+
+
+def distinct_per_row(values: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """[B] number of distinct values [B, k] (>= 0) among the `present` [B, k] slots."""
+    ordered = torch.sort(torch.where(present, values, -1), dim=1).values
+    new = torch.ones_like(ordered, dtype=torch.bool)
+    new[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    return (new & (ordered >= 0)).sum(1)
+
+
 def contains(rows: Jagged, items: torch.Tensor) -> torch.Tensor:
     """[B, K] True where items [B, K] (> 0) occurs in row b of `rows` (a Jagged with B rows)."""
     if rows.values.numel() == 0 or items.numel() == 0:

@@ -144,9 +144,12 @@ class FusedPage(PageArranger):
         self.config.channel_weights = dict(report["channel_weights"])
         return report
 
+    def fused_scores(self, inputs: PageInputs) -> torch.Tensor:
+        """[B, K] the fused score of every candidate (what MMR and PageLLM build on too)."""
+        return fuse_scores(inputs.scores, self.config.weights, inputs.candidates, self.config.channel_weights)
+
     def arrange(self, inputs: PageInputs, k: int) -> Page:
-        fused = fuse_scores(inputs.scores, self.config.weights, inputs.candidates, self.config.channel_weights)
-        return page_order(inputs.candidates, fused)
+        return page_order(inputs.candidates, self.fused_scores(inputs))
 
 
 @dataclass

@@ -17,8 +17,8 @@ import torch
 
 from recstack.data.batch import Page
 from recstack.errors import ConfigError, DataError
-from recstack.page.base import PageInputs, page_order
-from recstack.page.fused import FusedPage, PageConfig, fuse_scores
+from recstack.page.base import PageInputs, minmax_rows, page_order
+from recstack.page.fused import FusedPage, PageConfig
 from recstack.page.item_space import ItemSpace, ItemSpaceConfig, item_space
 from recstack.registry import register
 from recstack.train.checkpoint import load_tensors, save_tensors
@@ -61,14 +61,11 @@ class MMRPage(FusedPage):
         if self.space is None:
             raise DataError("page mmr: arrange before fit (no item vectors)")
         cands = inputs.candidates
-        fused = fuse_scores(inputs.scores, self.config.weights, cands, self.config.channel_weights)
-        fused = fused.masked_fill(cands.items == 0, float("-inf"))
+        fused = self.fused_scores(inputs).masked_fill(cands.items == 0, float("-inf"))
         pool = min(self.config.pool, cands.k)
         top_scores, top_cols = torch.topk(fused, pool, dim=1)  # [B, P]
         real = torch.isfinite(top_scores)
-        low = top_scores.masked_fill(~real, float("inf")).min(1, keepdim=True).values
-        high = top_scores.masked_fill(~real, float("-inf")).max(1, keepdim=True).values
-        relevance = (top_scores - low) / (high - low).clamp(min=1e-12)
+        relevance = minmax_rows(top_scores, real)
         vectors = self.space.vectors[cands.items.gather(1, top_cols).long()]  # [B, P, D]
         similarity = vectors @ vectors.transpose(1, 2)  # [B, P, P]
         lam = self.config.mmr_lambda

@@ -24,7 +24,7 @@ import torch
 from recstack.data.batch import Page
 from recstack.errors import DataError
 from recstack.page.base import PageInputs, page_order
-from recstack.page.fused import FusedPage, fuse_scores
+from recstack.page.fused import FusedPage
 from recstack.page.item_space import item_space
 from recstack.page.pagellm.backbones import AnyPagePolicy, build_policy, load_policy, save_policy
 from recstack.page.pagellm.config import PageLLMConfig
@@ -57,7 +57,7 @@ class PageLLMPage(FusedPage):
 
     def context(self, inputs: PageInputs) -> tuple[PageContext, torch.Tensor]:
         """(PageContext of the pool, fused scores [B, K] of every candidate)."""
-        fused = fuse_scores(inputs.scores, self.config.weights, inputs.candidates, self.config.channel_weights)
+        fused = self.fused_scores(inputs)
         return build_context(inputs, fused, self.config.pool, self.config.model.history_len), fused
 
     def fit(self, inputs: PageInputs) -> dict[str, Any]:

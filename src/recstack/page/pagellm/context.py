@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from recstack.page.base import PageInputs, contains, history_mask
+from recstack.page.base import PageInputs, contains, history_mask, minmax_rows
 
 
 @dataclass
@@ -59,9 +59,7 @@ def build_context(inputs: PageInputs, fused: torch.Tensor, pool: int, history_le
     if cands.channel_scores is not None:
         index = columns.unsqueeze(2).expand(-1, -1, cands.channel_scores.shape[2])
         parts.append(cands.channel_scores.gather(1, index))
-    low = top.masked_fill(~real, float("inf")).min(1, keepdim=True).values
-    high = top.masked_fill(~real, float("-inf")).max(1, keepdim=True).values
-    scaled = ((top - low) / (high - low).clamp(min=1e-12)).masked_fill(~real, 0.0)
+    scaled = minmax_rows(top, real)
     rank = 1.0 / torch.arange(2, pool + 2, dtype=torch.float32).expand_as(scaled)
     parts += [scaled.unsqueeze(2), rank.unsqueeze(2)]
     features = torch.cat(parts, dim=2).float().masked_fill(~real.unsqueeze(2), 0.0)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from recstack.page.base import distinct_per_row
 from recstack.page.pagellm.config import PAIR_FAMILIES
 from recstack.page.pagellm.context import PageContext
 
@@ -64,14 +65,6 @@ def _prefer(option: torch.Tensor, preferred: torch.Tensor) -> torch.Tensor:
     """Weights: the preferred options where a row has any, else all options."""
     narrowed = option & preferred
     return torch.where(narrowed.any(1, keepdim=True), narrowed, option).float()
-
-
-def _distinct(values: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-    """[B] number of distinct values [B, k] among present slots."""
-    ordered = torch.sort(torch.where(present, values, -1), dim=1).values
-    new = torch.ones_like(ordered, dtype=torch.bool)
-    new[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
-    return (new & (ordered >= 0)).sum(1)
 
 
 def build_pairs(
@@ -132,7 +125,7 @@ def build_pairs(
         fill = torch.argsort(key, dim=1, stable=True)[:, : k - 1]
         fill = torch.where(key.gather(1, fill) < 4 * n, fill, -1)
         worse = torch.cat([better[:, :1], fill], dim=1)
-        fewer = _distinct(category.gather(1, worse.clamp(min=0)), worse >= 0) < _distinct(
+        fewer = distinct_per_row(category.gather(1, worse.clamp(min=0)), worse >= 0) < distinct_per_row(
             category.gather(1, better.clamp(min=0)), better >= 0
         )
         add("diversity", worse, fewer)
