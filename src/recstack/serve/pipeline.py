@@ -105,7 +105,8 @@ def _cascade_pages(model: ServingModel, rows: list[Row]) -> list[RowResult]:
     ks = sorted({r.k for r in rows})
     if cascade.ranker is None:
         started = time.perf_counter()
-        pages = {k: cascade.rank(batch, merged, k) for k in ks}
+        longest = cascade.rank(batch, merged, ks[-1])
+        pages = {k: longest.first(k) for k in ks}
         timings["page"] = (time.perf_counter() - started) * 1000
     else:
         started = time.perf_counter()
@@ -113,7 +114,10 @@ def _cascade_pages(model: ServingModel, rows: list[Row]) -> list[RowResult]:
         timings["rank"] = (time.perf_counter() - started) * 1000
         started = time.perf_counter()
         inputs = PageInputs(batch, merged, scores)
-        pages = {k: cascade.page.arrange(inputs, k).first(k) for k in ks}  # as Cascade.rank, per page size
+        # One arrangement for the longest page: a shorter page is its prefix (every arranger writes the
+        # page slot by slot), so mixed page sizes in one batch cost one pass.
+        longest = cascade.page.arrange(inputs, ks[-1])
+        pages = {k: longest.first(k) for k in ks}
         timings["page"] = (time.perf_counter() - started) * 1000
     return _results(rows, pages, timings)
 
