@@ -164,8 +164,7 @@ class I2IRetriever(Retriever):
 
     def retrieve(self, batch: UserBatch, k: int, exclude_history: bool = True) -> Candidates:
         """Candidates with items [B, min(k, num_items)], best first; 0 / -inf only when nothing is left."""
-        num_items, size = self.num_items, len(batch)
-        width, k = num_items + 1, min(k, num_items)
+        num_items = self.num_items
         history = batch.history.values.long()
         if history.numel() and (int(history.min()) < 1 or int(history.max()) > num_items):
             raise DataError(
@@ -173,6 +172,25 @@ class I2IRetriever(Retriever):
                 f"(the catalogue this channel was fitted on)"
             )
         rows, items, weights = self.trigger_fn(batch)
+        return self.expand(batch, rows, items, weights, k, exclude_history)
+
+    def expand(
+        self,
+        batch: UserBatch,
+        rows: torch.Tensor,
+        items: torch.Tensor,
+        weights: torch.Tensor,
+        k: int,
+        exclude_history: bool = True,
+    ) -> Candidates:
+        """U2I2I expansion of given triggers: rows/items/weights [T] (row = batch row) -> Candidates [B, k].
+
+        A row without triggers gets popular items only (backfill)."""
+        num_items, size = self.num_items, len(batch)
+        width, k = num_items + 1, min(k, num_items)
+        history = batch.history.values.long()
+        if items.numel() and (int(items.min()) < 1 or int(items.max()) > num_items):
+            raise DataError(f"{self.name}: trigger item ids outside 1..{num_items}")
         triggers = sp.csr_matrix(
             (weights.numpy().astype(np.float32), (rows.numpy(), items.numpy())), shape=(size, width)
         )
