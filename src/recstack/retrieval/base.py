@@ -28,6 +28,7 @@ add_plugin_modules(
         "recstack.retrieval.popular",
         "recstack.retrieval.itemcf",
         "recstack.retrieval.swing",
+        "recstack.retrieval.triggers.u2i2i",
         "recstack.retrieval.embedding_i2i",
         "recstack.retrieval.two_tower",
         "recstack.retrieval.sequential.sasrec",
