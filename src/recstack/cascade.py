@@ -1,5 +1,8 @@
 """Cascade = retrieval channels -> merge -> ranker -> page, fitted from one RunConfig.
 
+The merge is the rank merge (merge_candidates) or, with `merge.learned`, a LearnedMerge fitted on the
+valid split after the channels and before the ranker (the ranker trains on merged candidates).
+
 cascade = Cascade(config).fit(dataset, run_dir)     # resumes from whatever run_dir already holds
 page = cascade.recommend(dataset.user_batch(users), k=10)
 metrics = cascade.evaluate(dataset, "test")
@@ -25,6 +28,7 @@ from recstack.page.base import PageArranger, PageInputs, build_page
 from recstack.ranking import base as _ranking_base  # noqa: F401  (declares the ranker plugins for build)
 from recstack.registry import build
 from recstack.retrieval.base import Retriever
+from recstack.retrieval.learned_merge import LearnedMerge, LearnedMergeConfig
 from recstack.retrieval.merge import MergeConfig, channel_report, merge_candidates
 from recstack.train.checkpoint import write_json
 from recstack.train.config import TrainConfig
@@ -138,6 +142,10 @@ class Cascade:
             if config.ranker
             else None
         )
+        merge = config.merge
+        self.merger: LearnedMerge | None = (
+            LearnedMerge(LearnedMergeConfig(k_total=merge.k_total, pool=merge.pool)) if merge.learned else None
+        )
         self.page: PageArranger = build_page(config.page)
         if config.ranker is None and self.page.name != "fused":
             raise ConfigError(f"page {self.page.name!r} arranges the ranker's scores; this run has no ranker")
@@ -171,6 +179,7 @@ class Cascade:
             self.train_seconds[alias] = time.perf_counter() - started
             if saved is not None:
                 channel.save(saved)
+        self._fit_merge(view, run_dir, progress)  # before the ranker: it trains on merged candidates
         if self.ranker is not None:
             saved = run_dir / "ranker" if run_dir else None
             if saved is not None and (saved / "config.json").is_file():
@@ -193,6 +202,36 @@ class Cascade:
                     self.ranker.save(saved)
             self._fit_page(dataset, run_dir, progress)  # after the ranker: pages are arranged from its scores
         return self
+
+    def _fit_merge(self, view: Dataset, run_dir: Path | None, progress: Progress) -> None:
+        """Fit the learned merge (if any) on the valid users of the retrieval view, history before valid."""
+        if self.merger is None:
+            return
+        saved = run_dir / "merge" if run_dir else None
+        if saved is not None and (saved / "config.json").is_file():
+            loaded = LearnedMerge.load(saved)
+            if to_dict(loaded.config) == to_dict(self.merger.config) and loaded.inputs == list(self.channels):
+                progress(f"merge: loaded from {saved} (resume)")
+                self.merger = loaded
+                return
+            progress(f"merge: {saved} holds a learned merge for other settings or channels; refitting")
+        users, targets = view.eval_users("valid")
+        if users.numel() == 0:
+            raise DataError(f"{view.name}: the learned merge is fitted on the valid split, which has no users")
+        progress(f"merge: fitting the learned merge on {users.numel()} valid users")
+        started = time.perf_counter()
+        full = view.user_batch(users, before="valid", features=history_features(view))
+        parts: dict[str, list[Candidates]] = {alias: [] for alias in self.channels}
+        for start in range(0, users.numel(), self.config.eval.batch_size):
+            batch = full.select(torch.arange(start, min(start + self.config.eval.batch_size, users.numel())))
+            for alias, channel in self.channels.items():
+                parts[alias].append(channel.retrieve(batch, self.quota(alias)))
+        report = self.merger.fit({alias: _concat(p) for alias, p in parts.items()}, targets, self.config.eval.ks)
+        self.train_seconds["merge"] = time.perf_counter() - started
+        valid = report[f"valid_recall@{self.config.merge.k_total}"]
+        progress(f"merge: {report['order']}; valid recall@{self.config.merge.k_total} {valid['merged']:.4f}")
+        if saved is not None:
+            self.merger.save(saved)
 
     def _fit_page(self, dataset: Dataset, run_dir: Path | None, progress: Progress) -> None:
         saved = run_dir / "page" if run_dir else None
@@ -264,18 +303,32 @@ class Cascade:
 
     # ---- inference ------------------------------------------------------------------------------
     def quota(self, alias: str) -> int:
+        """Items channel `alias` retrieves for the merge (a learned merge: its pool)."""
+        if self.merger is not None:
+            return self.merger.config.offered
         quotas = self.config.merge.quotas or {}
         return quotas.get(alias, self.config.merge.k_total)
+
+    def merge(self, per_channel: dict[str, Candidates]) -> Candidates:
+        """Per-channel Candidates (each [B, >= quota]) -> merged Candidates [B, k_total]: learned or rank merge."""
+        if self.merger is not None:
+            return self.merger.merge(per_channel)
+        merge = self.config.merge
+        return merge_candidates(per_channel, merge.quotas, merge.k_total, merge.normalise)
 
     def retrieve(self, batch: UserBatch, k: int | None = None) -> tuple[dict[str, Candidates], Candidates]:
         """Per-channel candidates (each at least its quota, or `k`) and the merged list."""
         per_channel = {
             alias: channel.retrieve(batch, max(k or 0, self.quota(alias))) for alias, channel in self.channels.items()
         }
-        merged = merge_candidates(
-            per_channel, self.config.merge.quotas, self.config.merge.k_total, self.config.merge.normalise
-        )
-        return per_channel, merged
+        return per_channel, self.merge(per_channel)
+
+    def merge_report(self) -> dict[str, Any]:
+        """Which merge this cascade uses; for a learned one, its fit report (valid recall, effective quotas)."""
+        if self.merger is not None:
+            return dict(self.merger.report)
+        merge = self.config.merge
+        return {"method": "rank", "k_total": merge.k_total, "normalise": merge.normalise, "quotas": merge.quotas}
 
     def rank(self, batch: UserBatch, merged: Candidates, k: int) -> Page:
         if self.ranker is None:
@@ -317,6 +370,7 @@ class Cascade:
             "page": topk_metrics(page_items, targets, self.config.eval.page_ks, ("recall", "ndcg", "hr", "mrr")),
         }
         metrics["channel_overlap"] = channel_overlap(merged)
+        metrics["merge"] = self.merge_report()
         if self.ranker is not None:
             from recstack.ranking.base import evaluate_ranker
 
@@ -329,6 +383,8 @@ class Cascade:
         run_dir = Path(run_dir)
         for alias, channel in self.channels.items():
             channel.save(run_dir / "channels" / alias)
+        if self.merger is not None:
+            self.merger.save(run_dir / "merge")
         if self.ranker is not None:
             self.ranker.save(run_dir / "ranker")
         if self.page.learned:
@@ -349,6 +405,11 @@ class Cascade:
             if not (path / "config.json").is_file():
                 raise DataError(f"{run_dir}: checkpoint of channel {alias!r} is missing ({path})")
             cascade.channels[alias] = Retriever.load(path)
+        cascade.merger = None
+        if config.merge.learned:
+            if not (run_dir / "merge" / "config.json").is_file():
+                raise DataError(f"{run_dir}: the learned merge's checkpoint is missing ({run_dir / 'merge'})")
+            cascade.merger = LearnedMerge.load(run_dir / "merge")
         cascade.ranker = None
         if config.ranker:
             from recstack.ranking.base import Ranker

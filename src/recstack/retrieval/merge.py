@@ -5,12 +5,15 @@ merge_candidates: each channel contributes its top `quota` items; scores are nor
 by several channels keeps its best normalised score and the union of their channel tags; rows are
 sorted by merged score (ties: the earlier channel in the dict, then the better rank within it, which
 interleaves channels round-robin under "rank") and cut to `k_total`. The merged Candidates also
-carry each channel's rank evidence per item (`channel_scores`), which the page can weigh. Vectorised over the batch: the
-only Python loops run over channels and channel tag bits.
+carry each channel's rank evidence per item (`channel_scores`), which the page can weigh. A quota
+above what a channel returned (a catalogue smaller than the quota) is clipped with a warning.
+Vectorised over the batch: the only Python loops run over channels and channel tag bits.
+A learned alternative (quotas and order fitted on valid) is in retrieval/learned_merge.py.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,6 +29,19 @@ class MergeConfig:
     quotas: dict[str, int] | None = None  # channel -> items taken; a channel not named gives all
     k_total: int = 500  # length of the merged list
     normalise: Literal["rank", "raw"] = "rank"  # per-channel score before de-duplication
+    learned: bool = False
+    """learn the quotas and the merged order on the valid split (retrieval/learned_merge.py) instead of
+    the rank merge; never below the best single channel's recall@k_total on valid"""
+    pool: int | None = None
+    """learned merge: items each channel offers (None = k_total; at least k_total)"""
+
+    def __post_init__(self) -> None:
+        if self.learned and self.quotas:
+            raise ConfigError("merge.quotas: a learned merge chooses the quotas itself; set merge.pool instead")
+        if self.pool is not None and not self.learned:
+            raise ConfigError("merge.pool: only a learned merge (merge.learned: true) reads it")
+        if self.pool is not None and self.pool < self.k_total:
+            raise ConfigError(f"merge.pool ({self.pool}) must be >= k_total ({self.k_total})")
 
 
 def merge_candidates(
@@ -60,6 +76,13 @@ def merge_candidates(
         quota = quotas.get(key, cands.k)
         if quota < 0:
             raise ConfigError(f"quotas.{key}: must be >= 0, got {quota}")
+        if quota > cands.k:
+            warnings.warn(
+                f"quotas.{key}: channel {key!r} returned {cands.k} candidates, fewer than its quota of "
+                f"{quota} (a smaller catalogue?); it gives {cands.k}",
+                stacklevel=2,
+            )
+            quota = cands.k
         top_items, top_scores = cands.items[:, :quota].long(), cands.scores[:, :quota].float()
         own_names = [key] if len(cands.channel_names) == 1 else cands.channel_names
         mask = torch.zeros_like(top_items)

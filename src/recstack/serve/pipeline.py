@@ -24,7 +24,6 @@ import torch
 from recstack.data.batch import Candidates, Page, UserBatch
 from recstack.data.jagged import Jagged
 from recstack.page.base import PageInputs
-from recstack.retrieval.merge import merge_candidates
 
 if TYPE_CHECKING:
     from recstack.serve.model import ServingModel
@@ -99,8 +98,7 @@ def _cascade_pages(model: ServingModel, rows: list[Row]) -> list[RowResult]:
         per_channel[alias] = _drop(candidates, excluded, quota) if excluded is not None else candidates
         timings[f"channel:{alias}"] = (time.perf_counter() - started) * 1000
     started = time.perf_counter()
-    merge = cascade.config.merge
-    merged = merge_candidates(per_channel, merge.quotas, merge.k_total, merge.normalise)
+    merged = cascade.merge(per_channel)
     timings["merge"] = (time.perf_counter() - started) * 1000
     ks = sorted({r.k for r in rows})
     if cascade.ranker is None:
