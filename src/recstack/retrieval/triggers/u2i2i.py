@@ -10,7 +10,7 @@
 
 Each request: the user's last `num_candidates` items are the candidate triggers; the selector assigns
 them to the I2I channels (CAPTS: routed by calibrated look-ahead value, METHODS.md §2.5); each channel
-expands its triggers (I2IRetriever.expand) into `k · share` candidates; the lists are merged by rank
+expands its triggers (I2IRetriever.expand) into k candidates; the lists are interleaved by rank and de-duplicated
 (merge_candidates) and tagged with the I2I channel names. A (trigger, channel) pair whose expansion is
 empty (the trigger has no neighbours there) is never routed and is counted in `stats`. A user with no
 history has no triggers: every channel backfills popular items (the popular channel), no error.
@@ -18,7 +18,6 @@ history has no triggers: every channel backfills popular items (the popular chan
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -64,7 +63,6 @@ class U2I2IConfig:
     cutoffs_per_user: int = 2  # training episodes per user (cutoffs W apart)
     feedback: str | None = "auto"  # own-feedback column ("auto": first of FEEDBACK_COLUMNS present)
     category: str | None = "auto"  # item category column for TagTop ("auto": first of CATEGORY_COLUMNS)
-    share: dict[str, float] | None = None  # channel -> share of k in the merged list (None = equal)
     weight_by_value: bool = True  # [I] a routed trigger's expansion weighted by its selector score
     progress: bool = False
 
@@ -226,17 +224,12 @@ class U2I2IRetriever(Retriever):
         return out
 
     def retrieve(self, batch: UserBatch, k: int, exclude_history: bool = True) -> Candidates:
-        shares = self.config.share or {alias: 1.0 for alias in self.channels}
-        total = sum(shares.get(alias, 0.0) for alias in self.channels)
-        if total <= 0:
-            raise ConfigError("u2i2i.share: the shares of the channels sum to 0")
+        """The channels' lists interleaved by rank (round robin), de-duplicated, cut to k: Candidates [B, k]."""
         catalogue = next(iter(self.channels.values())).num_items
         if k > catalogue:
             warnings.warn(f"u2i2i: k={k} exceeds the catalogue ({catalogue} items); clipped", stacklevel=2)
             k = catalogue
-        quotas = {alias: math.ceil(k * shares.get(alias, 0.0) / total) for alias in self.channels}
-        per_channel = self.retrieve_per_channel(batch, max(quotas.values()), exclude_history)
-        return merge_candidates(per_channel, quotas, k)
+        return merge_candidates(self.retrieve_per_channel(batch, k, exclude_history), None, k)
 
     # ---- persistence ----------------------------------------------------------------------------
     def save_state(self, path: Path) -> dict:
