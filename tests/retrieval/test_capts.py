@@ -227,3 +227,42 @@ def test_u2i2i_bad_config_is_named() -> None:
     model.config.triggers_per_channel = {"nope": 3}
     with pytest.raises(ConfigError, match="triggers_per_channel.nope"):
         model.quotas()
+
+
+def test_cascade_channels_accept_capts_triggers_and_the_learned_merge(tmp_path) -> None:
+    from recstack.cascade import Cascade, RunConfig
+    from recstack.config import from_dict
+    from recstack.data.prepare import prepare
+    from recstack.world import World, WorldConfig
+
+    world = World(WorldConfig(num_users=80, num_items=100, num_topics=5, seed=4))
+    dataset = prepare(world.generate_sequences(mean_length=12), name="tinyworld")
+    triggered = {
+        "name": "u2i2i",
+        "channels": {"itemcf": {"name": "itemcf"}, "swing": {"name": "swing"}},
+        "selector": _capts_selector(),
+        "num_candidates": 8,
+        "triggers_per_channel": 3,
+        "future_window": 2,
+    }
+    config = from_dict(
+        RunConfig,
+        {
+            "name": "t",
+            "channels": {"popular": {"name": "popular"}, "triggered": triggered},
+            "ranker": None,
+            "merge": {"k_total": 30, "learned": True},
+            "eval": {"ks": [10, 30]},
+        },
+    )
+    run = tmp_path / "run"
+    cascade = Cascade(config).fit(dataset, run, progress=lambda m: None)
+    metrics = cascade.evaluate(dataset, "test")
+    report = metrics["retrieval"]
+    assert set(report["recall@30"]) == {"popular", "triggered", "merged"}
+    shares = sum(report["exclusive@30"].values()) + report["shared@30"]
+    assert shares == pytest.approx(report["recall@30"]["merged"])  # the composite owns its sub-channels
+    cascade.save(run)
+    loaded = Cascade.load(run)
+    batch = dataset.user_batch(torch.arange(1, 11))
+    assert torch.equal(cascade.recommend(batch, k=10).items, loaded.recommend(batch, k=10).items)

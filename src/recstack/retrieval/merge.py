@@ -175,8 +175,9 @@ def channel_report(
 
     targets: Jagged with one row per batch row (the held-out items). Recall@K = hits in the top K /
     number of targets, averaged over users with at least one target. exclusive@K[c] = the same average
-    counting only merged top-K hits tagged with channel c alone; shared@K counts hits tagged by two or
-    more channels, so merged recall = sum of exclusive + shared. Returns
+    counting only merged top-K hits tagged with channel c alone (a composite channel: with its own
+    sub-channels only); shared@K counts hits found by two or more channels, so merged recall = sum of
+    exclusive + shared. Returns
     {"recall@K": {channel..., "merged": r}, "ndcg@K": {channel..., "merged": n} (each list's own order;
     the merged order is merge's, before the ranker), "exclusive@K": {channel: r}, "shared@K": r, "users": n}.
     """
@@ -198,15 +199,19 @@ def channel_report(
         in_top = (merged_col >= 0) & (merged_col < k)
         recall["merged"] = average(in_top)
         tag = torch.where(in_top, merged.channels[target_rows, merged_col.clamp(min=0)], 0)
-        single = in_top & ((tag & (tag - 1)) == 0)  # exactly one bit set
+        owned = torch.zeros_like(in_top)
         exclusive = {}
-        for name in channel_candidates:
-            bit = merged.channel_names.index(name) if name in merged.channel_names else None
-            exclusive[name] = average(single & (tag == (1 << bit))) if bit is not None else 0.0
+        for name, cands in channel_candidates.items():
+            # a composite channel (e.g. u2i2i) owns every tag bit of its own sub-channels
+            own_names = [name] if len(cands.channel_names) == 1 else cands.channel_names
+            bits = sum(1 << merged.channel_names.index(n) for n in own_names if n in merged.channel_names)
+            alone = in_top & (tag != 0) & ((tag & ~bits) == 0) if bits else torch.zeros_like(in_top)
+            owned |= alone
+            exclusive[name] = average(alone)
         report[f"recall@{k}"] = recall
         ndcg = {name: _ndcg(c.items, targets, k) for name, c in channel_candidates.items()}
         ndcg["merged"] = _ndcg(merged.items, targets, k)
         report[f"ndcg@{k}"] = ndcg
         report[f"exclusive@{k}"] = exclusive
-        report[f"shared@{k}"] = average(in_top & ~single)
+        report[f"shared@{k}"] = average(in_top & ~owned)
     return report
