@@ -50,6 +50,7 @@ SELECTORS = {
 # where each dataset comes from, and how the benchmark splits it
 DATASETS = {
     "ml-1m": {"source": "ml-1m", "name": "ml-1m", "prepare": None, "future": 10, "last": 10},
+    "ml-100k": {"source": "ml-100k", "name": "ml-100k", "prepare": None, "future": 1},
     "amazon-beauty": {"source": "amazon-beauty", "name": "amazon-beauty", "prepare": None, "future": 1},
     "world": {"source": "world", "name": "world", "prepare": None, "future": 10},
 }
@@ -98,10 +99,13 @@ def main() -> None:
     parser.add_argument("--selectors", default=",".join(SELECTORS))
     parser.add_argument("--ks", default="50,100,200,500,1000")
     parser.add_argument("--triggers", type=int, default=10, help="triggers per channel")
-    parser.add_argument("--candidates", type=int, default=50, help="candidate triggers per user")
+    parser.add_argument("--candidates", type=int, default=20, help="candidate triggers per user")
+    parser.add_argument("--expansion", type=int, default=20, help="per-trigger top-N a channel expands (VAM's N)")
+    parser.add_argument("--unweighted", action="store_true", help="routed triggers weigh 1, not their CAPTS value")
     parser.add_argument("--window", type=int, default=None, help="VAM future window (default: --future)")
     parser.add_argument("--future", type=int, default=None, help="future engagements per test user")
     parser.add_argument("--users", type=int, default=None, help="evaluate a random subset of test users")
+    parser.add_argument("--selector-options", default="{}", help="JSON merged into the CAPTS selectors' spec")
     parser.add_argument("--out", default="benchmarks/results/capts.jsonl")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -117,6 +121,8 @@ def main() -> None:
         "triggers_per_channel": args.triggers,
         "num_candidates": args.candidates,
         "future_window": args.window or future,
+        "expansion": args.expansion,
+        "weight_by_value": not args.unweighted,
     }
     started = time.perf_counter()
     base: U2I2IRetriever = build("retriever", base_config)
@@ -132,7 +138,10 @@ def main() -> None:
     batch = view.user_batch(users, before="test", features=features)
     print(f"{args.dataset}: {view.num_users} users, {view.num_items} items; channels fitted in {channel_seconds:.0f}s")
     for selector in args.selectors.split(","):
-        retriever: U2I2IRetriever = build("retriever", {**base_config, "selector": SELECTORS[selector]})
+        spec = dict(SELECTORS[selector])
+        if spec["name"] == "capts":
+            spec.update(json.loads(args.selector_options))
+        retriever: U2I2IRetriever = build("retriever", {**base_config, "selector": spec})
         retriever.channels = base.channels
         fit_started = time.perf_counter()
         retriever.fit_selector(view)
@@ -150,9 +159,13 @@ def main() -> None:
             "date": datetime.date.today().isoformat(),
             "dataset": args.dataset,
             "selector": selector,
+            "selector_spec": spec,
             "channels": list(channels),
             "triggers_per_channel": args.triggers,
             "candidates": args.candidates,
+            "expansion": args.expansion,
+            "window": args.window or future,
+            "weighted": not args.unweighted,
             "future": future,
             "users": int(users.numel()),
             "recall": recall,

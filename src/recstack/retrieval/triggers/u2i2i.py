@@ -56,9 +56,9 @@ class U2I2IConfig:
     channels: dict[str, dict[str, Any]] = field(default_factory=_default_channels)
     """alias -> I2I retriever spec (itemcf, swing, embedding_i2i, ...)"""
     selector: dict[str, Any] = field(default_factory=lambda: {"name": "capts"})
-    num_candidates: int = 50  # candidate triggers per user: the last N history items
+    num_candidates: int = 20  # candidate triggers per user: the last N history items (2 x the quota)
     triggers_per_channel: int | dict[str, int] = 10
-    expansion: int = 50  # per-trigger top-N a channel expands (VAM replays the same N)
+    expansion: int = 20  # per-trigger top-N VAM replays (~ k_total / triggers: what one trigger adds to 200)
     future_window: int = 5  # VAM: engagements credited = the next W interactions after the cutoff
     cutoffs_per_user: int = 2  # training episodes per user (cutoffs W apart)
     feedback: str | None = "auto"  # own-feedback column ("auto": first of FEEDBACK_COLUMNS present)
