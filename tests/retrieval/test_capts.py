@@ -147,6 +147,8 @@ def test_baseline_selectors_pick_by_their_rule() -> None:
     batch = UserBatch(torch.tensor([1]), Jagged.from_lists([[1, 2, 3, 4, 5]]), {"rating": feedback[0].flip(0)})
     episodes = serving_episodes(batch, num_candidates=5, feedback_key="rating")
     assert torch.equal(episodes.candidates, candidates) and torch.equal(episodes.feedback, feedback)
+    bare = serving_episodes(UserBatch(batch.users, batch.history), 5, "rating", missing_feedback=3.5)
+    assert bare.feedback.tolist() == [[3.5] * 5]  # a request without the feature gets the training mean
     routable = torch.ones(1, 5, 2, dtype=torch.bool)
     quotas = torch.tensor([2, 1])
     recent = build("trigger_selector", "recent").select(episodes, quotas, routable)

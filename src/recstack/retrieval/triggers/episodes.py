@@ -97,13 +97,16 @@ def replay_episodes(
     return TriggerEpisodes(candidates, own * (candidates > 0), episode_users, future, torch.ones(future_index.numel()))
 
 
-def serving_episodes(batch: UserBatch, num_candidates: int, feedback_key: str | None = None) -> TriggerEpisodes:
+def serving_episodes(
+    batch: UserBatch, num_candidates: int, feedback_key: str | None = None, missing_feedback: float = 1.0
+) -> TriggerEpisodes:
     """Candidate triggers of a request batch: the last `num_candidates` history items, most recent first.
 
-    feedback_key: a history feature holding the own feedback (None or absent = 1 for every event)."""
+    feedback_key: a history feature holding the own feedback; when the batch lacks it (e.g. a request
+    that sends bare item ids) every event gets `missing_feedback` (the training mean, not a made-up 1)."""
     history = batch.history
     own = batch.history_features.get(feedback_key) if feedback_key else None
-    weights = own.float() if own is not None else torch.ones(history.values.numel())
+    weights = own.float() if own is not None else torch.full((history.values.numel(),), float(missing_feedback))
     ends, starts = history.offsets[1:], history.offsets[:-1]
     candidates = _gather_recent_first(history.values.long(), ends, starts, num_candidates)
     feedback = _gather_recent_first(weights, ends, starts, num_candidates).float()

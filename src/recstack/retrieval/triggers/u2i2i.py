@@ -110,6 +110,7 @@ class U2I2IRetriever(Retriever):
             self.channels[alias] = channel
         self.selector: TriggerSelector = build("trigger_selector", self.config.selector, where="u2i2i.selector")
         self.feedback_key: str | None = None
+        self.mean_feedback = 1.0  # own feedback assumed for a request without it (the training mean)
         self.expansions: dict[str, Any] = {}
         self.stats: dict[str, Any] = {"empty_expansions_skipped": 0}
         self.fit_report: dict[str, Any] = {}
@@ -140,6 +141,7 @@ class U2I2IRetriever(Retriever):
         episodes = replay_episodes(
             sequences, feedback, self.config.num_candidates, self.config.future_window, self.config.cutoffs_per_user
         )
+        self.mean_feedback = float(feedback.values.float().mean()) if feedback.values.numel() else 1.0
         if len(episodes) == 0:
             raise DataError(
                 f"u2i2i: no user of {dataset.name} has more than future_window={self.config.future_window} train items"
@@ -196,7 +198,7 @@ class U2I2IRetriever(Retriever):
 
     def assign(self, batch: UserBatch) -> tuple[TriggerEpisodes, torch.Tensor]:
         """The batch's candidate triggers [B, M] and their channel assignment [B, M, C] bool."""
-        episodes = serving_episodes(batch, self.config.num_candidates, self.feedback_key)
+        episodes = serving_episodes(batch, self.config.num_candidates, self.feedback_key, self.mean_feedback)
         if self.feedback_key is None:
             popularity = next(iter(self.channels.values())).popularity
             assert popularity is not None
@@ -242,7 +244,12 @@ class U2I2IRetriever(Retriever):
             temporary = path / ".selector.safetensors.tmp"
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(temporary))
             temporary.replace(path / "selector.safetensors")
-        return {"feedback_key": self.feedback_key, "selector_meta": meta, "fit_report": self.fit_report}
+        return {
+            "feedback_key": self.feedback_key,
+            "mean_feedback": self.mean_feedback,
+            "selector_meta": meta,
+            "fit_report": self.fit_report,
+        }
 
     def load_state(self, path: Path, meta: dict) -> None:
         for alias in self.channels:
@@ -250,6 +257,7 @@ class U2I2IRetriever(Retriever):
             assert isinstance(loaded, I2IRetriever)
             self.channels[alias] = loaded
         self.feedback_key = meta.get("feedback_key")
+        self.mean_feedback = float(meta.get("mean_feedback", 1.0))
         self.fit_report = meta.get("fit_report", {})
         file = path / "selector.safetensors"
         tensors = load_file(str(file)) if file.is_file() else {}
