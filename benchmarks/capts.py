@@ -46,6 +46,7 @@ SELECTORS = {
     "lic": {"name": "lic"},
     "capts": {"name": "capts"},
     "capts_no_routing": {"name": "capts", "route": False},
+    "capts_exact": {"name": "capts", "routing": "exact"},
 }
 # where each dataset comes from, and how the benchmark splits it
 DATASETS = {
@@ -91,12 +92,44 @@ def first(targets: Jagged, n: int) -> Jagged:
     return Jagged.from_lengths(targets.values[position < n], targets.lengths().clamp(max=n))
 
 
+def print_tables(path: Path) -> None:
+    """Markdown: per dataset, merged Recall@K of every selector (the newest record of each), CAPTS vs the
+    best baseline at each K, and per-channel Recall@K of CAPTS vs the best baseline."""
+    newest: dict[tuple[str, str], dict] = {}
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        newest[(record["dataset"], record["selector"])] = record
+    for dataset in dict.fromkeys(d for d, _ in newest):
+        records = {s: r for (d, s), r in newest.items() if d == dataset}
+        ks = list(next(iter(records.values()))["recall"])
+        print(f"\n{dataset} ({next(iter(records.values()))['users']} users) | " + " | ".join(f"@{k}" for k in ks))
+        print("|---" * (len(ks) + 1) + "|")
+        for selector, record in records.items():
+            print(f"| {selector} | " + " | ".join(f"{record['recall'][k]['merged']:.4f}" for k in ks) + " |")
+        baselines = [r for s, r in records.items() if not s.startswith("capts")]
+        if "capts" in records and baselines:
+            capts = records["capts"]
+            gains = []
+            for k in ks:
+                best = max(r["recall"][k]["merged"] for r in baselines)
+                gains.append(f"{100 * (capts['recall'][k]['merged'] / best - 1):+.1f}%")
+            print("| CAPTS vs best baseline | " + " | ".join(gains) + " |")
+            for channel in capts["channels"]:
+                cells = []
+                for k in ks:
+                    best = max(r["recall"][k][channel] for r in baselines)
+                    cells.append(
+                        f"{capts['recall'][k][channel]:.4f} ({100 * (capts['recall'][k][channel] / best - 1):+.1f}%)"
+                    )
+                print(f"| {channel}: CAPTS (vs best baseline) | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=list(DATASETS), default="ml-1m")
     parser.add_argument("--raw", default=None, help="raw files folder (default: the catalogue's)")
     parser.add_argument("--channels", default="itemcf,swing,sasrec_emb")
-    parser.add_argument("--selectors", default=",".join(SELECTORS))
+    parser.add_argument("--selectors", default=",".join(s for s in SELECTORS if s != "capts_exact"))
     parser.add_argument("--ks", default="50,100,200,500,1000")
     parser.add_argument("--triggers", type=int, default=10, help="triggers per channel")
     parser.add_argument("--candidates", type=int, default=20, help="candidate triggers per user")
@@ -107,7 +140,11 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=None, help="evaluate a random subset of test users")
     parser.add_argument("--selector-options", default="{}", help="JSON merged into the CAPTS selectors' spec")
     parser.add_argument("--out", default="benchmarks/results/capts.jsonl")
+    parser.add_argument("--table", action="store_true", help="print the markdown tables of --out and exit")
     args = parser.parse_args()
+    if args.table:
+        print_tables(Path(args.out))
+        return
     torch.manual_seed(0)
     dataset = load(args.dataset, args.raw)
     view = dataset.positives(dataset.binary_labels()[0]) if dataset.is_impression_log() else dataset
