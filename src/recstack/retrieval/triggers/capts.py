@@ -68,29 +68,28 @@ class CaptsSelector(TriggerSelector):
             {"vam": labels.stats, "catr_losses": [round(x, 5) for x in losses], "overlap": self.overlap.tolist()}
         )
 
-    def channel_scores(self, episodes: TriggerEpisodes) -> torch.Tensor:
-        """[B, M, C] routing score ṽ·(1 + β·u) of every (candidate trigger, channel)."""
+    def _values(self, episodes: TriggerEpisodes) -> tuple[torch.Tensor, torch.Tensor]:
+        """Calibrated value ṽ [B, M, C] (expected future engagement found) and uniqueness u [B, M, C]."""
         if self.model is None:
             raise ConfigError("capts: fit the selector first")
         with torch.no_grad():
             value_logits, unique_logits = self.model(episodes.candidates, episodes.feedback)
-            return self.model.calibrated(value_logits) * (
-                1 + self.config.uniqueness_bonus * torch.sigmoid(unique_logits)
-            )
-
-    def weights(self, episodes: TriggerEpisodes, assignment: torch.Tensor) -> torch.Tensor:
-        """Calibrated value ṽ (expected future engagement found), so a stronger trigger counts more."""
-        assert self.model is not None
-        with torch.no_grad():
-            return self.model.calibrated(self.model(episodes.candidates, episodes.feedback)[0])
+            return self.model.calibrated(value_logits), torch.sigmoid(unique_logits)
 
     def select(self, episodes: TriggerEpisodes, quotas: torch.Tensor, routable: torch.Tensor) -> torch.Tensor:
-        scores = self.channel_scores(episodes).masked_fill(~routable, float("-inf"))
+        return self.select_weighted(episodes, quotas, routable)[0]
+
+    def select_weighted(
+        self, episodes: TriggerEpisodes, quotas: torch.Tensor, routable: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Routed triggers, weighted by ṽ so that a stronger trigger counts more in its expansion."""
+        value, unique = self._values(episodes)
+        scores = (value * (1 + self.config.uniqueness_bonus * unique)).masked_fill(~routable, float("-inf"))
         if not self.config.route:  # ablation: every channel takes its own top triggers, uncoordinated
-            return top_triggers_per_channel(scores, quotas, routable)
+            return top_triggers_per_channel(scores, quotas, routable), value
         assert self.overlap is not None
         route = route_exact if self.config.routing == "exact" else route_greedy
-        return route(scores, quotas, self.overlap, self.config.overlap_penalty) & routable
+        return route(scores, quotas, self.overlap, self.config.overlap_penalty) & routable, value
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:
         if self.model is None or self.overlap is None:

@@ -88,12 +88,8 @@ def replay_episodes(
     weights = feedback.values.float() if feedback is not None else torch.ones(values.numel())
     candidates = _gather_recent_first(values, cut_abs, user_starts, num_candidates)
     own = _gather_recent_first(weights, cut_abs, user_starts, num_candidates).float()
-    future_lengths = torch.full_like(cut_abs, future_window)
-    future_index = cut_abs.repeat_interleave(future_lengths) + (
-        torch.arange(int(future_lengths.sum()))
-        - torch.repeat_interleave(torch.cumsum(future_lengths, 0) - future_lengths, future_lengths)
-    )
-    future = Jagged.from_lengths(values[future_index], future_lengths)
+    future_index = (cut_abs.unsqueeze(1) + torch.arange(future_window)).reshape(-1)  # [E * W], in the sequence
+    future = Jagged.from_lengths(values[future_index], torch.full_like(cut_abs, future_window))
     return TriggerEpisodes(candidates, own * (candidates > 0), episode_users, future, torch.ones(future_index.numel()))
 
 

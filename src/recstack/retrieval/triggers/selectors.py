@@ -71,9 +71,11 @@ class TriggerSelector:
         scores = self.trigger_scores(episodes).float()  # [B, M]
         return top_triggers_per_channel(scores.unsqueeze(-1).expand_as(routable), quotas, routable)
 
-    def weights(self, episodes: TriggerEpisodes, assignment: torch.Tensor) -> torch.Tensor:
-        """[B, M, C] > 0 expansion weight of each routed trigger (rule-based selectors: 1)."""
-        return torch.ones(assignment.shape)
+    def select_weighted(
+        self, episodes: TriggerEpisodes, quotas: torch.Tensor, routable: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`select` plus each (trigger, channel)'s expansion weight [B, M, C] > 0 (rule-based selectors: 1)."""
+        return self.select(episodes, quotas, routable), torch.ones(routable.shape)
 
     # persistence of learned selectors: tensors + JSON metadata
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:

@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from recstack.data.batch import Candidates, UserBatch
 from recstack.data.dataset import Dataset
+from recstack.data.jagged import Jagged
 from recstack.errors import ConfigError, DataError
 from recstack.registry import add_plugin_modules, build, register
 from recstack.retrieval.base import Retriever
@@ -112,6 +113,8 @@ class U2I2IRetriever(Retriever):
         self.feedback_key: str | None = None
         self.mean_feedback = 1.0  # own feedback assumed for a request without it (the training mean)
         self.expansions: dict[str, Any] = {}
+        self.trigger_degree = torch.zeros(0, dtype=torch.long)  # set by _set_expansions
+        self.log_popularity = torch.zeros(0)
         self.stats: dict[str, Any] = {"empty_expansions_skipped": 0}
         self.fit_report: dict[str, Any] = {}
 
@@ -134,10 +137,11 @@ class U2I2IRetriever(Retriever):
         self.feedback_key = self._feedback_key(dataset)
         popularity = dataset.item_popularity("train")
         sequences = dataset.sequences(before="valid")
+        self._set_expansions()
         if self.feedback_key is not None:
             feedback = dataset.sequences(before="valid", column=self.feedback_key)
         else:  # no per-event feedback: the trigger's engagement count stands for it [I]
-            feedback = type(sequences)(torch.log1p(popularity[sequences.values.long()]), sequences.offsets)
+            feedback = Jagged(self.log_popularity[sequences.values.long()], sequences.offsets)
         episodes = replay_episodes(
             sequences, feedback, self.config.num_candidates, self.config.future_window, self.config.cutoffs_per_user
         )
@@ -146,7 +150,6 @@ class U2I2IRetriever(Retriever):
             raise DataError(
                 f"u2i2i: no user of {dataset.name} has more than future_window={self.config.future_window} train items"
             )
-        self._set_expansions()
         context = SelectorContext(
             episodes,
             self.expansions,
@@ -165,11 +168,19 @@ class U2I2IRetriever(Retriever):
         return self
 
     def _set_expansions(self) -> None:
+        """What serving reads per request, derived once from the fitted channels: the top-N expansion
+        tables, neighbours per (item, channel) [I + 1, C], and log train popularity [I + 1]."""
         self.expansions = {
             alias: truncate_neighbours(channel.neighbours, self.config.expansion)
             for alias, channel in self.channels.items()
             if channel.neighbours is not None
         }
+        self.trigger_degree = torch.stack(
+            [torch.from_numpy(np.diff(table.indptr)) for table in self.expansions.values()], 1
+        )
+        popularity = next(iter(self.channels.values())).popularity
+        assert popularity is not None  # set by every I2I channel's fit / load
+        self.log_popularity = torch.log1p(torch.from_numpy(popularity).float())
 
     def _item_features(self, popularity: torch.Tensor) -> torch.Tensor:
         """[num_items + 1, 1 + 2C]: log popularity; per channel log neighbour count and mean top-N similarity."""
@@ -196,32 +207,28 @@ class U2I2IRetriever(Retriever):
             return torch.tensor([int(per.get(alias, 0)) for alias in self.channels])
         return torch.full((len(self.channels),), int(per))
 
-    def assign(self, batch: UserBatch) -> tuple[TriggerEpisodes, torch.Tensor]:
-        """The batch's candidate triggers [B, M] and their channel assignment [B, M, C] bool."""
+    def assign(self, batch: UserBatch) -> tuple[TriggerEpisodes, torch.Tensor, torch.Tensor]:
+        """The batch's candidate triggers [B, M], their channel assignment [B, M, C] bool and the
+        expansion weight of each (trigger, channel) [B, M, C]."""
         episodes = serving_episodes(batch, self.config.num_candidates, self.feedback_key, self.mean_feedback)
         if self.feedback_key is None:
-            popularity = next(iter(self.channels.values())).popularity
-            assert popularity is not None
-            episodes.feedback = torch.log1p(torch.from_numpy(popularity))[episodes.candidates] * episodes.valid
-        degree = torch.stack(
-            [torch.from_numpy(np.diff(table.indptr)) for table in self.expansions.values()], 1
-        )  # [I + 1, C] neighbours per trigger and channel
-        has_neighbours = degree[episodes.candidates] > 0
+            episodes.feedback = self.log_popularity[episodes.candidates] * episodes.valid
+        has_neighbours = self.trigger_degree[episodes.candidates] > 0
         routable = has_neighbours & episodes.valid.unsqueeze(-1)
         self.stats["empty_expansions_skipped"] += int((episodes.valid.unsqueeze(-1) & ~has_neighbours).sum())
-        return episodes, self.selector.select(episodes, self.quotas(), routable)
+        assignment, weights = self.selector.select_weighted(episodes, self.quotas(), routable)
+        return episodes, assignment, weights
 
     def retrieve_per_channel(self, batch: UserBatch, k: int, exclude_history: bool = True) -> dict[str, Candidates]:
         """Each I2I channel's expansion of its assigned triggers, k candidates each (Candidates [B, k])."""
         if not self.expansions:
             raise DataError("u2i2i: not fitted; call fit(dataset) or Retriever.load(path) first")
-        episodes, assignment = self.assign(batch)
-        weights = self.selector.weights(episodes, assignment) if self.config.weight_by_value else None
+        episodes, assignment, weights = self.assign(batch)
         out = {}
         for c, (alias, channel) in enumerate(self.channels.items()):
             rows, columns = torch.nonzero(assignment[..., c], as_tuple=True)
             items = episodes.candidates[rows, columns]
-            weight = weights[rows, columns, c] if weights is not None else torch.ones(items.numel())
+            weight = weights[rows, columns, c] if self.config.weight_by_value else torch.ones(items.numel())
             out[alias] = channel.expand(batch, rows, items, weight, k, exclude_history)
         return out
 

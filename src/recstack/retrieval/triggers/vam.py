@@ -116,9 +116,10 @@ def channel_overlap(expansions: dict[str, sp.csr_matrix], items: np.ndarray | No
         rows = items if items is not None else np.flatnonzero(np.diff(table_a.indptr))
         if len(rows) == 0:
             continue
-        sizes = np.asarray(table_a[rows].sum(1)).ravel()
+        selected = table_a[rows]
+        sizes = np.asarray(selected.sum(1)).ravel()
         for b, name_b in enumerate(names):
             if a != b:
-                shared = np.asarray(table_a[rows].multiply(expansions[name_b][rows]).sum(1)).ravel()
+                shared = np.asarray(selected.multiply(expansions[name_b][rows]).sum(1)).ravel()
                 overlap[a, b] = float(np.mean(shared / np.maximum(sizes, 1)))
     return overlap
